@@ -14,7 +14,7 @@ import time
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 
 from sidekick.alert import Alert, Priority
 
@@ -45,7 +45,8 @@ def parse_priority(value: Any) -> Priority | None:
 class OutputConfig(BaseModel):
     """Keys common to every output, named as in Falcosidekick."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Secret keys are SecretStr (masked in repr and model_dump); errors must not echo input.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
     minimumpriority: Priority | None = None
     rules: list[str] = []  # glob patterns on the rule name; empty means every rule
@@ -61,6 +62,10 @@ class OutputConfig(BaseModel):
     @classmethod
     def _priority(cls, value: Any) -> Priority | None:
         return parse_priority(value)
+
+    @field_serializer("minimumpriority")
+    def _priority_name(self, value: Priority | None) -> str:
+        return value.name.lower() if value is not None else ""
 
 
 def retry_after_seconds(value: str | None) -> float | None:

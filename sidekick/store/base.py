@@ -119,9 +119,7 @@ class Store(abc.ABC):
     # --- delivery queue ---------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def lease(
-        self, output: str, limit: int, lease_s: float, wait_s: float
-    ) -> list[Delivery]:
+    async def lease(self, output: str, limit: int, lease_s: float, wait_s: float) -> list[Delivery]:
         """Claim up to ``limit`` due deliveries of ``output`` for ``lease_s`` seconds.
 
         Waits up to ``wait_s`` for one to become due. A lease not completed, retried or buried

@@ -1,0 +1,351 @@
+"""HTTP side of the hub: Falcosidekick-compatible ingest, health, metrics and the JSON API."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
+
+from sidekick.alert import TEST_RULE, Alert, AlertError, Priority, now_ns, parse_time_ns
+from sidekick.config import parse_duration, redacted
+from sidekick.hub import Hub
+from sidekick.store.base import EventQuery
+
+ALERT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["rule", "priority", "time", "output_fields"],
+    "properties": {
+        "uuid": {"type": "string", "maxLength": 128},
+        "output": {"type": "string"},
+        "priority": {"type": "string", "example": "Warning"},
+        "rule": {"type": "string", "minLength": 1},
+        "time": {"type": "string", "format": "date-time"},
+        "output_fields": {"type": "object", "minProperties": 1},
+        "source": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "hostname": {"type": "string"},
+    },
+}
+
+_NICE_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 10800, 21600, 43200, 86400)
+_MAX_BUCKETS = 200
+
+
+class JSONBytes(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error(status: int, message: str, field: str | None = None) -> JSONBytes:
+    body: dict[str, Any] = {"error": message}
+    if field:
+        body["field"] = field
+    return JSONBytes(body, status_code=status)
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.field, self.status = message, field, status
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) past ``limit`` bytes without reading it all into memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("invalid Content-Length", "content-length")
+        if int(declared) > limit:
+            raise BadRequest(f"body larger than {limit} bytes", "body", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"body larger than {limit} bytes", "body", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_json_content_type(request: Request) -> None:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise BadRequest("Content-Type must be application/json", "content-type", 415)
+
+
+def parse_when(value: str, field: str) -> int:
+    """An RFC3339 time, or a duration meaning that long ago (``15m``, ``24h``, ``7d``)."""
+    try:
+        return parse_time_ns(value)
+    except ValueError:
+        pass
+    try:
+        return now_ns() - int(parse_duration(value) * 1e9)
+    except ValueError:
+        raise BadRequest(
+            f"{value[:64]!r} is neither an RFC3339 time nor a duration", field
+        ) from None
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Repeated parameters and comma lists both work: ?rule=a&rule=b or ?rule=a,b."""
+    return [item for value in values or [] for item in value.split(",") if item]
+
+
+def event_query(
+    priority: str | None,
+    rule: list[str] | None,
+    source: list[str] | None,
+    hostname: list[str] | None,
+    tag: list[str] | None,
+    q: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> EventQuery:
+    min_priority = None
+    if priority:
+        try:
+            min_priority = Priority.parse(priority)
+        except ValueError as exc:
+            raise BadRequest(str(exc), "priority") from None
+    return EventQuery(
+        min_priority=min_priority,
+        rules=split_list(rule),
+        sources=split_list(source),
+        hostnames=split_list(hostname),
+        tags=split_list(tag),
+        text=(q or "").strip(),
+        since_ns=parse_when(since, "since") if since else None,
+        until_ns=parse_when(until, "until") if until else None,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+def choose_bucket(since_ns: int, until_ns: int) -> int:
+    span_s = max(1.0, (until_ns - since_ns) / 1e9)
+    for size in _NICE_BUCKETS:
+        if span_s / size <= _MAX_BUCKETS:
+            return size
+    return math.ceil(span_s / _MAX_BUCKETS)
+
+
+class RedriveRequest(BaseModel):
+    output: str | None = None
+    ids: list[str] | None = None
+
+
+ListParam = Annotated[list[str] | None, Query()]
+
+
+def create_app(hub: Hub) -> FastAPI:
+    """The HTTP app over a hub; whoever serves it starts and stops the hub."""
+    config = hub.config
+
+    app = FastAPI(
+        title="Lanner hub",
+        version="0.1.0",
+        description="Falcosidekick-compatible ingest with durable per-output delivery.",
+    )
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_: Request, exc: BadRequest) -> Response:
+        if exc.status == 400 or exc.status == 413 or exc.status == 415:
+            hub.reject()
+        return error(exc.status, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"] if p not in ("query", "body", "path"))
+        return error(400, first["msg"], field or None)
+
+    async def ingest(request: Request, test: bool = False) -> Response:
+        if test:
+            alert = Alert(
+                rule=TEST_RULE,
+                priority=Priority.DEBUG,
+                time_ns=now_ns(),
+                output="This is a test from Lanner",
+                output_fields={"proc.name": "lanner", "user.name": "lanner"},
+                tags=["example", "test"],
+            )
+        else:
+            check_json_content_type(request)
+            body = await read_body(request, config.bodylimit)
+            try:
+                alert = Alert.from_json(body)
+            except AlertError as exc:
+                raise BadRequest(exc.message, exc.field) from None
+            except RecursionError:
+                raise BadRequest("JSON nested too deeply", "body") from None
+        (new,) = await hub.accept([alert])
+        return JSONBytes({"uuid": alert.uuid, "duplicate": not new})
+
+    @app.post(
+        "/",
+        summary="Ingest one alert (Falco http_output format)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ALERT_SCHEMA}},
+            }
+        },
+        responses={
+            400: {"description": "invalid alert; `field` names the culprit"},
+            413: {"description": "body too large"},
+            415: {"description": "not JSON"},
+        },
+    )
+    async def post_alert(request: Request) -> Response:
+        return await ingest(request)
+
+    @app.post("/test", summary="Send a test alert through every output")
+    async def post_test(request: Request) -> Response:
+        return await ingest(request, test=True)
+
+    @app.get("/ping", response_class=PlainTextResponse)
+    async def ping() -> str:
+        return "pong\n"
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        try:
+            await hub.store.ping()
+        except Exception as exc:
+            return JSONBytes(
+                {"status": "unavailable", "store": type(exc).__name__}, status_code=503
+            )
+        return JSONBytes({"status": "ok"})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        await hub.refresh_gauges()
+        return Response(hub.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/api/v1/events", summary="Recent events, newest first")
+    async def events(
+        priority: str | None = None,
+        rule: ListParam = None,
+        source: ListParam = None,
+        hostname: ListParam = None,
+        tag: ListParam = None,
+        q: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: str | None = None,
+    ) -> Response:
+        query = event_query(priority, rule, source, hostname, tag, q, since, until, limit, cursor)
+        try:
+            page = await hub.store.events(query)
+        except ValueError as exc:
+            raise BadRequest(str(exc), "cursor") from None
+        return JSONBytes(
+            {"events": [a.to_dict() for a in page.events], "next_cursor": page.next_cursor}
+        )
+
+    @app.get("/api/v1/events/{uuid}", summary="One event")
+    async def event(uuid: str) -> Response:
+        alert = await hub.store.get_event(uuid)
+        if alert is None:
+            return error(404, "no such event", "uuid")
+        return JSONBytes(alert.to_dict())
+
+    @app.get("/api/v1/stats", summary="Counts by priority, rule, source, hostname, tag, time")
+    async def stats(
+        priority: str | None = None,
+        rule: ListParam = None,
+        source: ListParam = None,
+        hostname: ListParam = None,
+        tag: ListParam = None,
+        q: str | None = None,
+        since: str | None = "24h",
+        until: str | None = None,
+        bucket: str | None = None,
+    ) -> Response:
+        query = event_query(priority, rule, source, hostname, tag, q, since, until)
+        query.until_ns = query.until_ns or now_ns()
+        query.since_ns = query.since_ns or query.until_ns - 86400 * 10**9
+        if query.since_ns >= query.until_ns:
+            raise BadRequest("since must be before until", "since")
+        if bucket:
+            try:
+                bucket_s = math.ceil(parse_duration(bucket))
+            except ValueError as exc:
+                raise BadRequest(str(exc), "bucket") from None
+            if bucket_s < 1:
+                raise BadRequest("bucket must be at least 1s", "bucket")
+        else:
+            bucket_s = choose_bucket(query.since_ns, query.until_ns)
+        try:
+            result = await hub.store.stats(query, bucket_s)
+        except ValueError as exc:
+            raise BadRequest(str(exc), "bucket") from None
+        return JSONBytes(
+            {
+                "total": result.total,
+                "bucket_seconds": bucket_s,
+                "by_priority": result.by_priority,
+                "by_rule": result.by_rule,
+                "by_source": result.by_source,
+                "by_hostname": result.by_hostname,
+                "by_tag": result.by_tag,
+                "buckets": [{"start": s, "count": c} for s, c in result.buckets],
+            }
+        )
+
+    @app.get("/api/v1/outputs", summary="Enabled outputs, their settings and queues")
+    async def outputs() -> Response:
+        stats = await hub.store.queue_stats(list(hub.outputs))
+        return JSONBytes(
+            {
+                name: {
+                    "config": redacted(output.config),
+                    "pending": stats[name].pending,
+                    "oldest_pending_ns": stats[name].oldest_pending_ns,
+                    "dead": stats[name].dead,
+                }
+                for name, output in hub.outputs.items()
+            }
+        )
+
+    @app.get("/api/v1/deadletters", summary="Deliveries given up, newest first")
+    async def dead_letters(
+        output: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> Response:
+        letters = await hub.store.dead_letters(output, limit)
+        return JSONBytes(
+            {
+                "deadletters": [
+                    {
+                        "id": d.id,
+                        "output": d.output,
+                        "attempts": d.attempts,
+                        "reason": d.reason,
+                        "accepted_ns": d.accepted_ns,
+                        "dead_ns": d.dead_ns,
+                        "alert": d.alert.to_dict(),
+                    }
+                    for d in letters
+                ]
+            }
+        )
+
+    @app.post("/api/v1/deadletters/redrive", summary="Queue dead letters again")
+    async def redrive(request: RedriveRequest) -> Response:
+        if request.output is not None and request.output not in hub.outputs:
+            raise BadRequest(f"unknown output {request.output!r}", "output")
+        count = await hub.store.redrive(request.output, request.ids)
+        return JSONBytes({"redriven": count})
+
+    return app

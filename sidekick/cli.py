@@ -1,0 +1,113 @@
+"""The `lanner` command. `lanner sidekick` runs the hub."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from sidekick.config import ConfigError, HubConfig, load_config, redacted
+
+log = logging.getLogger("lanner")
+
+
+def _sidekick_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sidekick", help="run the hub (Falcosidekick-compatible)")
+    p.add_argument("-c", "--config-file", type=Path, help="YAML configuration file")
+    p.add_argument("--listenaddress", help="HTTP bind address (env LISTENADDRESS)")
+    p.add_argument("--listenport", type=int, help="HTTP port, default 2801 (env LISTENPORT)")
+    p.add_argument("--grpcport", type=int, help="gRPC port, default 5060, 0 = off (env GRPCPORT)")
+    p.add_argument("--store", choices=["sqlite", "redis"], help="store backend (env STORE)")
+    p.add_argument("--datadir", help="directory of the SQLite store (env DATADIR)")
+    p.add_argument("--redis-url", help="Redis URL for --store redis (env REDIS_URL)")
+    p.add_argument("--debug", action="store_true", default=None, help="verbose logs")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration, print it without secrets, and exit",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("listenaddress", "listenport", "grpcport", "store", "datadir", "debug")
+    result: dict[str, Any] = {k: getattr(args, k) for k in keys}
+    if args.redis_url:
+        result["redis"] = {"url": args.redis_url}
+    return result
+
+
+async def serve(config: HubConfig) -> int:
+    import uvicorn
+
+    from sidekick.api import create_app
+    from sidekick.hub import Hub
+
+    hub = Hub(config)
+    try:
+        await hub.start()
+    except Exception as exc:  # unreachable Redis, unwritable data dir, port in use...
+        log.error("cannot start the hub: %s", _safe_error(exc))
+        await hub.stop()
+        return 1
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(hub),
+            host=config.listenaddress or "0.0.0.0",
+            port=config.listenport,
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="debug" if config.debug else "warning",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    log.info(
+        "listening on http %s:%d, grpc %s",
+        config.listenaddress or "0.0.0.0",
+        config.listenport,
+        config.grpcport or "off",
+    )
+    try:
+        await server.serve()
+    finally:
+        await hub.stop()
+    return 0 if server.started else 1
+
+
+def _safe_error(exc: Exception) -> str:
+    # Exception texts from clients can embed URLs with credentials; keep the kind and errno.
+    errno = getattr(exc, "errno", None)
+    return f"{type(exc).__name__}" + (f" (errno {errno}: {exc.strerror})" if errno else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lanner", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _sidekick_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config_file, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"lanner: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(json.dumps(redacted(config), indent=2, default=str))
+        return 0
+    if config.debug:
+        logging.getLogger().setLevel(logging.DEBUG)
+    # HTTP client libraries log request URLs, and webhook URLs carry tokens: keep them quiet.
+    for noisy in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

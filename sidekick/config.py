@@ -1,0 +1,285 @@
+"""Hub configuration: one YAML file, then environment variables, then CLI flags.
+
+Keys and env names follow Falcosidekick: a dotted key path uppercased with ``_`` is its env
+variable (``webhook.minimumpriority`` -> ``WEBHOOK_MINIMUMPRIORITY``). Maps are written
+``k:v,k2:v2`` in env, lists ``a,b``. A wrong key or value is one ``ConfigError`` naming it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+)
+
+from outputs import REGISTRY
+from outputs.base import OutputConfig
+
+
+class ConfigError(Exception):
+    """A user-caused configuration problem; the message names the file/key/env variable."""
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or ``500ms``, ``30s``, ``10m``, ``2h``, ``7d``, ``1w``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 10m or 7d")
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a duration such as 30s, 10m or 7d")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+class _Section(BaseModel):
+    # Secrets are SecretStr; validation errors must not echo them back either.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+
+class _Durations(_Section):
+    @field_validator("*", mode="before")
+    @classmethod
+    def _durations(cls, value: Any, info: Any) -> Any:
+        if cls.model_fields[info.field_name].annotation is float:
+            return parse_duration(value)
+        return value
+
+
+class RetentionConfig(_Durations):
+    maxage: float = 7 * 86400.0
+    maxcount: int = Field(1_000_000, ge=1)
+    interval: float = 60.0  # how often retention runs
+
+
+class DeliveryConfig(_Durations):
+    initialbackoff: float = 1.0
+    maxbackoff: float = 300.0
+    drain: float = 10.0  # graceful shutdown: time in-flight sends get to finish
+    # A leased delivery is reserved for the send timeout plus this; past it, another worker or
+    # replica takes it over (that is how a dead replica's deliveries get finished).
+    leasemargin: float = 30.0
+
+
+class GrpcConfig(_Section):
+    certfile: str = ""
+    keyfile: str = ""
+    cacertfile: str = ""  # set: clients must present a certificate it signed (mutual TLS)
+    token: SecretStr = SecretStr("")  # set: clients must send `authorization: Bearer <token>`
+
+
+class RedisConfig(_Section):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # may carry a password
+
+
+class HubConfig(_Durations):
+    listenaddress: str = ""  # empty: all interfaces, as Falcosidekick
+    listenport: int = Field(2801, ge=0, le=65535)
+    grpcport: int = Field(5060, ge=0, le=65535)  # 0 disables gRPC ingest
+    debug: bool = False
+    datadir: str = "data"
+    store: Literal["sqlite", "redis"] = "sqlite"
+    replica: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    dedupwindow: float = 600.0
+    bodylimit: int = Field(1 << 20, ge=1024)
+    customfields: dict[str, str] = {}
+    customtags: list[str] = []
+    redis: RedisConfig = RedisConfig()
+    grpc: GrpcConfig = GrpcConfig()
+    retention: RetentionConfig = RetentionConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    outputs: dict[str, SerializeAsAny[OutputConfig]] = {}  # the enabled output sections
+
+
+def _env_name(path: tuple[str, ...]) -> str:
+    return "_".join(path).upper()
+
+
+def _parse_env(raw: str, annotation: Any) -> Any:
+    """Env strings to the field's shape; scalars are left for pydantic to convert."""
+    origin = get_origin(annotation)
+    if origin is dict or annotation is dict:
+        result = {}
+        for pair in filter(None, (p.strip() for p in raw.split(","))):
+            key, sep, value = pair.partition(":")
+            if not sep:
+                raise ValueError(f"{pair!r} is not key:value")
+            result[key.strip()] = value.strip()
+        return result
+    if origin is list or annotation is list:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _apply_env(
+    data: dict[str, Any],
+    model: type[BaseModel],
+    path: tuple[str, ...],
+    env: Mapping[str, str],
+    origins: dict[tuple[str, ...], str],
+) -> None:
+    for name, info in model.model_fields.items():
+        if name == "outputs" and model is HubConfig:
+            continue
+        sub = _model_of(info.annotation)
+        if sub is not None:
+            section = data.get(name)
+            section = dict(section) if isinstance(section, dict) else {}
+            _apply_env(section, sub, (*path, name), env, origins)
+            if section:
+                data[name] = section
+            continue
+        env_name = _env_name((*path, name))
+        if env_name in env:
+            try:
+                data[name] = _parse_env(env[env_name], info.annotation)
+            except ValueError as exc:
+                raise ConfigError(f"env {env_name}: {exc}") from None
+            origins[(*path, name)] = f"env {env_name}"
+
+
+def _yaml_line(node: yaml.Node | None, path: tuple[str, ...]) -> int | None:
+    """The line of a key path in the YAML file, to point errors at it."""
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        for key_node, value_node in node.value:
+            if key_node.value == key:
+                node = value_node
+                break
+        else:
+            return None
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {exc.problem}") from None
+    if data is None:
+        return {}, None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data, node
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(key, known, n=1)
+    return f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> HubConfig:
+    """File, then env (Falcosidekick names), then ``overrides`` (CLI flags, top-level keys)."""
+    env = os.environ if env is None else env
+    data, node = _read_yaml(path) if path else ({}, None)
+    where = str(path) if path else "config"
+    origins: dict[tuple[str, ...], str] = {}
+
+    hub_keys = [k for k in HubConfig.model_fields if k != "outputs"]
+    known = hub_keys + list(REGISTRY)
+    for key in data:
+        if key not in known:
+            line = _yaml_line(node, (str(key),))
+            raise ConfigError(
+                f"{where}{f':{line}' if line else ''}: {_unknown_key(str(key), known)}"
+            )
+
+    hub_data = {k: data[k] for k in hub_keys if k in data}
+    _apply_env(hub_data, HubConfig, (), env, origins)
+    fields = hub_data.get("customfields")
+    if isinstance(fields, dict):  # `%NAME` reads env NAME, in YAML too (Falcosidekick: env only)
+        hub_data["customfields"] = {
+            k: env.get(v[1:], "") if isinstance(v, str) and v.startswith("%") else v
+            for k, v in fields.items()
+        }
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            hub_data[key] = value
+            origins[(key,)] = f"flag --{key}"
+
+    outputs: dict[str, OutputConfig] = {}
+    for name, output in REGISTRY.items():
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: {name} must be a mapping")
+        section = dict(section)
+        _apply_env(section, output.Config, (name,), env, origins)
+        try:
+            config = output.Config(**section)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, (name,), where, node, origins)) from None
+        if output.enabled(config):
+            outputs[name] = config
+    try:
+        hub = HubConfig(**hub_data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, (), where, node, origins)) from None
+    hub.outputs = outputs
+    return hub
+
+
+def _describe(
+    exc: ValidationError,
+    prefix: tuple[str, ...],
+    where: str,
+    node: yaml.Node | None,
+    origins: dict[tuple[str, ...], str],
+) -> str:
+    """The first validation error as `file:line: key: message` (or `env NAME: ...`)."""
+    err = exc.errors()[0]
+    path = (*prefix, *(str(p) for p in err["loc"]))
+    key = ".".join(path)
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = _unknown_key(path[-1], [])
+    origin = origins.get(path)
+    if origin:
+        return f"{origin}: {message}"
+    line = _yaml_line(node, path)
+    return f"{where}{f':{line}' if line else ''}: {key}: {message}"
+
+
+def redacted(config: BaseModel) -> dict[str, Any]:
+    """The config for logs, the API and --check: every secret (a SecretStr) masked."""
+    return config.model_dump(mode="json")

@@ -1,0 +1,139 @@
+"""The hub: accepts alerts from any input, stores them, queues one delivery per output."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import grpc
+
+from outputs import REGISTRY
+from outputs.base import Output
+from sidekick.alert import Alert, now_ns
+from sidekick.broadcast import Broadcaster
+from sidekick.config import HubConfig
+from sidekick.delivery import OutputWorkers
+from sidekick.grpc_server import GrpcTls, start_grpc_server
+from sidekick.metrics import Metrics
+from sidekick.routing import enrich, route
+from sidekick.store import make_store
+from sidekick.store.base import Store
+
+log = logging.getLogger("lanner.hub")
+
+_GAUGE_REFRESH_S = 2.0
+
+
+class Hub:
+    def __init__(self, config: HubConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or make_store(
+            config.store,
+            datadir=Path(config.datadir),
+            redis_url=config.redis.url.get_secret_value(),
+            replica=config.replica,
+        )
+        self.metrics = Metrics()
+        self.broadcaster = Broadcaster()
+        self.outputs: dict[str, Output] = {
+            name: REGISTRY[name](output_config) for name, output_config in config.outputs.items()
+        }
+        self._workers: list[OutputWorkers] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._grpc: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        await self.store.open()
+        for output in self.outputs.values():
+            await output.start()
+            workers = OutputWorkers(output, self.store, self.metrics, self.config.delivery)
+            workers.start()
+            self._workers.append(workers)
+        self._background = [
+            asyncio.create_task(self._retention_loop(), name="retention"),
+            asyncio.create_task(self._gauge_loop(), name="gauges"),
+        ]
+        if self.config.grpcport:
+            self._grpc = await start_grpc_server(
+                self.accept_grpc,
+                self.broadcaster,
+                self.config.listenaddress or "0.0.0.0",
+                self.config.grpcport,
+                self._grpc_tls(),
+                self.config.grpc.token.get_secret_value() or None,
+            )
+        log.info(
+            "hub started: store=%s outputs=%s", self.config.store, ",".join(self.outputs) or "none"
+        )
+
+    def _grpc_tls(self) -> GrpcTls | None:
+        tls = self.config.grpc
+        if not tls.certfile:
+            return None
+        return GrpcTls(tls.certfile, tls.keyfile, tls.cacertfile or None)
+
+    async def stop(self) -> None:
+        """Stop taking alerts, let in-flight deliveries finish (bounded), close the store."""
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2.0)
+        await asyncio.gather(*(w.stop(self.config.delivery.drain) for w in self._workers))
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for output in self.outputs.values():
+            await output.close()
+        await self.store.close()
+
+    async def accept(self, alerts: list[Alert], source: str = "requests") -> list[bool]:
+        """Durably accept valid alerts; per alert, False when it was a duplicate (by uuid)."""
+        customfields, customtags = self.config.customfields, self.config.customtags
+        batch = []
+        for alert in alerts:
+            alert.ensure_uuid()
+            enrich(alert, customfields, customtags)
+            batch.append((alert, route(self.config.outputs, alert)))
+        fresh = await self.store.accept(batch, self.config.dedupwindow)
+        accepted = [alert for alert, new in zip(alerts, fresh, strict=True) if new]
+        for alert in accepted:
+            self.metrics.count_event(alert)
+        self.metrics.inputs.labels(source, "accepted").inc(len(alerts))
+        if len(accepted) < len(alerts):
+            self.metrics.dedup_hits.inc(len(alerts) - len(accepted))
+        self.broadcaster.publish(accepted)
+        return fresh
+
+    async def accept_grpc(self, alerts: list[Alert]) -> list[bool]:
+        return await self.accept(alerts, source="grpc")
+
+    def reject(self, source: str = "requests") -> None:
+        self.metrics.inputs.labels(source, "rejected").inc()
+
+    async def _retention_loop(self) -> None:
+        retention = self.config.retention
+        while True:
+            try:
+                removed = await self.store.enforce_retention(retention.maxage, retention.maxcount)
+                if removed:
+                    log.info("retention removed %d event(s)", removed)
+            except Exception:
+                log.exception("retention failed; will try again")
+            await asyncio.sleep(retention.interval)
+
+    async def _gauge_loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh_gauges()
+            await asyncio.sleep(_GAUGE_REFRESH_S)
+
+    async def refresh_gauges(self) -> None:
+        stats = await self.store.queue_stats(list(self.outputs))
+        current = now_ns()
+        m = self.metrics
+        for name, s in stats.items():
+            m.queue_depth.labels(name).set(s.pending)
+            age = (current - s.oldest_pending_ns) / 1e9 if s.oldest_pending_ns else 0.0
+            m.queue_oldest.labels(name).set(max(0.0, age))
+            m.dead_letters.labels(name).set(s.dead)
+        m.subscriber_drops.set(self.broadcaster.dropped)
