@@ -63,6 +63,9 @@ _RFC3339 = re.compile(
 )
 
 
+_MAX_NS = 1 << 63  # nanoseconds in a signed 64-bit integer, as stores and protobuf keep them
+
+
 def parse_time_ns(text: str) -> int:
     """RFC3339 with up to nanosecond precision to integer ns since the epoch. ValueError if not."""
     m = _RFC3339.fullmatch(text)
@@ -75,9 +78,14 @@ def parse_time_ns(text: str) -> int:
     seconds = calendar.timegm((year, month, day, hour, minute, sec, 0, 0, 0))
     zone = m.group(8)
     if zone not in ("Z", "z"):
+        if int(zone[1:3]) > 23 or int(zone[4:6]) > 59:
+            raise ValueError(f"not an RFC3339 time offset: {zone!r}")
         sign = 1 if zone[0] == "+" else -1
         seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
-    return seconds * 1_000_000_000 + int(frac)
+    ns = seconds * 1_000_000_000 + int(frac)
+    if not 0 <= ns < _MAX_NS:
+        raise ValueError(f"time out of range (1970 to 2262): {text[:64]!r}")
+    return ns
 
 
 def format_time_ns(ns: int) -> str:

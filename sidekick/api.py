@@ -22,10 +22,27 @@ ALERT_SCHEMA: dict[str, Any] = {
     "properties": {
         "uuid": {"type": "string", "maxLength": 128},
         "output": {"type": "string"},
-        "priority": {"type": "string", "example": "Warning"},
-        "rule": {"type": "string", "minLength": 1},
-        "time": {"type": "string", "format": "date-time"},
-        "output_fields": {"type": "object", "minProperties": 1},
+        "priority": {
+            "type": "string", "example": "Warning",
+            "enum": sorted({*(p.label for p in Priority), *(p.name.lower() for p in Priority),
+                            "info"}),
+            "description": "case-insensitive; info = Informational",
+        },
+        "rule": {"type": "string", "minLength": 1, "pattern": r"\S"},
+        "time": {
+            "type": "string", "example": "2026-11-29T10:00:00.123456789Z",
+            "pattern": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d)T([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+                       r"(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$",
+        },
+        "output_fields": {
+            "type": "object", "minProperties": 1,
+            "additionalProperties": {
+                "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"},
+                          {"type": "null"},
+                          {"type": "array", "items": {"type": ["string", "number", "boolean",
+                                                                "null"]}}],
+            },
+        },
         "source": {"type": "string"},
         "tags": {"type": "array", "items": {"type": "string"}},
         "hostname": {"type": "string"},

@@ -76,6 +76,7 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop taking alerts, let in-flight deliveries finish (bounded), close the store."""
+        self.broadcaster.close()  # ends Subscribe streams cleanly
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await asyncio.gather(*(w.stop(self.config.delivery.drain) for w in self._workers))

@@ -35,7 +35,9 @@ def test_time_round_trip(text: str, ns: int) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "2026-11-29", "2026-11-29T10:00:00", "2026-02-30T25:00:00Z",
-                                  "2026-11-29T10:00:00.1234567890Z", "now"])
+                                  "2026-11-29T10:00:00.1234567890Z", "now",
+                                  "4996-12-17T10:46:17Z", "1969-12-31T23:59:59Z",
+                                  "2026-11-29T10:00:00+34:00"])
 def test_time_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_time_ns(text)
