@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,13 @@ async def serve(config: HubConfig) -> int:
     from sidekick.api import create_app
     from sidekick.hub import Hub
 
+    class Server(uvicorn.Server):
+        # uvicorn re-raises SIGTERM once HTTP has stopped, which would kill us before the
+        # hub drains its deliveries; the signals are handled below instead.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     hub = Hub(config)
     try:
         await hub.start()
@@ -72,9 +82,18 @@ async def serve(config: HubConfig) -> int:
         config.listenport,
         config.grpcport or "off",
     )
+    def on_signal() -> None:
+        if server.should_exit:  # a second Ctrl-C: stop now
+            server.force_exit = True
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
     try:
         await server.serve()
     finally:
+        log.info("stopping: draining deliveries")
         await hub.stop()
     return 0 if server.started else 1
 
