@@ -30,7 +30,13 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 echo "setup: installing Python packages"
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
-    | grep -v -e '^WARNING: Location' || true
-.venv/bin/python -c 'import fastapi, grpc, redis, sidekick' 
+log=.venv/pip.log
+if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip &&
+       .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'; } >"$log" 2>&1
+then
+    cat "$log" >&2
+    echo "setup: pip install failed (log above)" >&2
+    exit 1
+fi
+.venv/bin/python -c 'import fastapi, grpc, redis, sidekick'
+
