@@ -1,0 +1,517 @@
+"""Redis store: several hub replicas share events, delivery queues and dead letters.
+
+Key layout (prefix ``lanner:`` by default):
+
+- ``dedup:<uuid>``     string with a TTL of the dedup window
+- ``ev:<uuid>``        the alert JSON plus ``_m``, its index member
+- ``ix:all``           every event; ZSET, score 0, member ``<22-digit time_ns+1e20>:<uuid>``,
+                       so lexicographic order is exactly (time_ns, uuid) and ZRANGEBYLEX pages
+- ``ix:r:<rule>`` ``ix:s:<source>`` ``ix:h:<hostname>`` ``ix:p:<Priority>`` ``ix:t:<tag>``
+                       the same members, per filter value
+- ``q:<output>``       stream of deliveries (fields a=alert JSON, t=accepted_ns, n=attempts,
+                       e=last error); consumer group ``lanner``; an entry is XDELed when settled
+- ``retry:<output>``   ZSET of deliveries waiting for a retry, scored by due_ns
+- ``lease:<output>``   ZSET of leased entry ids by lease expiry (ms, Redis clock)
+- ``age:<output>``     ZSET, score 0, member ``<20-digit accepted_ns>:<uuid>`` per retried
+                       delivery not yet settled (it is out of accept order in the stream);
+                       with the stream head it gives the oldest pending accepted_ns
+- ``dead:<output>``    ZSET dead-letter id by dead_ns; ``deadrec:<output>`` HASH id -> record
+- ``deadseq``          dead-letter id counter; ``deadouts`` SET of outputs with dead letters
+- ``ixkeys``           SET of the index keys, for stats over a time range without a scan
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from sidekick.alert import Alert, Priority, now_ns
+from sidekick.store import redis_scripts as lua
+from sidekick.store.base import (
+    DeadLetter,
+    Delivery,
+    EventPage,
+    EventQuery,
+    QueueStats,
+    Stats,
+    Store,
+    decode_cursor,
+    encode_cursor,
+)
+
+GROUP = "lanner"
+_T_OFFSET = 10**20  # keeps pre-1970 times (down to year 0) positive in index members
+_T_MAX = 10**22 - 1 - _T_OFFSET
+_POLL_S = 0.15  # longest blocking wait, so due retries and expired leases are noticed
+_RETENTION_CHUNK = 500
+_MAX_BUCKETS = 1000
+
+
+def _tkey(time_ns: int) -> str:
+    return f"{max(-_T_OFFSET, min(time_ns, _T_MAX)) + _T_OFFSET:022d}"
+
+
+def _member(time_ns: int, uuid: str) -> str:
+    return f"{_tkey(time_ns)}:{uuid}"
+
+
+def _member_time(member: str) -> int:
+    return int(member[:22]) - _T_OFFSET
+
+
+def _age_member(accepted_ns: int, uuid: str) -> str:
+    return f"{accepted_ns:020d}:{uuid}"
+
+
+def _scalar_text(value: Any) -> str:
+    # As the SQLite store's search column has it, so both backends match alike.
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _matches(d: dict[str, Any], query: EventQuery, prios: set[str] | None, needle: str) -> bool:
+    if query.rules and d["rule"] not in query.rules:
+        return False
+    if query.sources and d["source"] not in query.sources:
+        return False
+    if query.hostnames and d["hostname"] not in query.hostnames:
+        return False
+    if query.tags and not set(query.tags).intersection(d["tags"]):
+        return False
+    if prios is not None and d["priority"] not in prios:
+        return False
+    if needle:
+        if needle in d["output"].lower() or needle in d["rule"].lower():
+            return True
+        for value in d["output_fields"].values():
+            items = value if isinstance(value, list) else (value,)
+            if any(needle in _scalar_text(v).lower() for v in items):
+                return True
+        return False
+    return True
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, consumer: str, prefix: str = "lanner:") -> None:
+        self.url = url
+        self.consumer = consumer
+        self.p = prefix
+        self._r: aioredis.Redis | None = None
+        self._groups: set[str] = set()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._r is not None:
+            return
+        # RESP2 pinned: replies (XRANGE's, the scripts') are parsed in its shapes.
+        self._r = aioredis.Redis.from_url(self.url, decode_responses=True, protocol=2)
+        await self._r.ping()
+        reg = self._r.register_script
+        self._accept, self._retention = reg(lua.ACCEPT), reg(lua.RETENTION)
+        self._move_due, self._take = reg(lua.MOVE_DUE), reg(lua.TAKE)
+        self._prune_ixkeys = reg(lua.PRUNE_IXKEYS)
+        self._complete = reg(lua.COMPLETE)
+        self._retry, self._bury, self._redrive = reg(lua.RETRY), reg(lua.BURY), reg(lua.REDRIVE)
+
+    async def close(self) -> None:
+        if self._r is not None:
+            await self._r.aclose()
+            self._r = None
+
+    async def ping(self) -> None:
+        await self.r.ping()
+
+    @property
+    def r(self) -> aioredis.Redis:
+        if self._r is None:
+            raise RuntimeError("RedisStore is not open")
+        return self._r
+
+    def _ix(self, kind: str, value: str) -> str:
+        # NUL separates index keys in accept's arguments; an index may then hold a few more
+        # events than its name says, which is harmless: results are filtered exactly.
+        return f"{self.p}ix:{kind}:{value.replace(chr(0), chr(0xFFFD))}"
+
+    def _qkeys(self, output: str) -> tuple[str, str, str, str]:
+        """Stream, retry zset, age zset, lease zset."""
+        p = self.p
+        return f"{p}q:{output}", f"{p}retry:{output}", f"{p}age:{output}", f"{p}lease:{output}"
+
+    # --- ingest -----------------------------------------------------------------------------
+
+    async def accept(
+        self, batch: list[tuple[Alert, list[str]]], dedup_window_s: float
+    ) -> list[bool]:
+        if not batch:
+            return []
+        args: list[Any] = [self.p, max(1, int(dedup_window_s * 1000)), now_ns()]
+        for alert, outputs in batch:
+            if not alert.uuid:
+                raise ValueError("alert has no uuid")
+            d = alert.to_dict()
+            d["_m"] = m = _member(alert.time_ns, alert.uuid)
+            ixs = [
+                f"r:{alert.rule}",
+                f"s:{alert.source}",
+                f"h:{alert.hostname}",
+                f"p:{d['priority']}",
+                *(f"t:{tag}" for tag in alert.tags),
+            ]
+            ixs_arg = "\0".join(ixs)
+            if "\0" in ixs_arg:
+                ixs_arg = "\0".join(x.replace("\0", "\ufffd") for x in ixs)
+            args += (m, orjson.dumps(d), ixs_arg, "\0".join(dict.fromkeys(outputs)))
+        return [bool(x) for x in await self._accept(args=args)]
+
+    # --- delivery queue ---------------------------------------------------------------------
+
+    async def _ensure_group(self, output: str, force: bool = False) -> None:
+        if output in self._groups and not force:
+            return
+        try:
+            # From id 0: deliveries accepted before any replica leased must not be skipped.
+            await self.r.xgroup_create(self._qkeys(output)[0], GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(output)
+
+    async def lease(self, output: str, limit: int, lease_s: float, wait_s: float) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        await self._ensure_group(output)
+        try:
+            return await self._lease(output, limit, lease_s, wait_s)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._ensure_group(output, force=True)  # the stream was deleted under us
+            return await self._lease(output, limit, lease_s, wait_s)
+
+    async def _lease(
+        self, output: str, limit: int, lease_s: float, wait_s: float
+    ) -> list[Delivery]:
+        q, retry, _, leases = self._qkeys(output)
+        deadline = time.monotonic() + max(0.0, wait_s)
+        args = [GROUP, self.consumer, limit, max(1, int(lease_s * 1000))]
+        while True:
+            await self._move_due(keys=[retry, q], args=[now_ns(), max(limit, 100)])
+            flat = await self._take(keys=[q, leases], args=args)
+            if flat[0]:
+                return [
+                    Delivery(i, output, Alert.from_json(a), int(n), int(t))
+                    for i, a, t, n in zip(*[iter(flat)] * 4, strict=True)
+                ]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            # Wake on a newer entry without consuming it; the cap bounds how late a due retry
+            # or an expired lease (neither of which adds an entry) is noticed.
+            block = max(1, int(min(remaining, _POLL_S) * 1000))
+            await self.r.xread({q: flat[1]}, count=1, block=block)
+
+    async def complete(self, deliveries: list[Delivery]) -> None:
+        by_output: dict[str, list[str]] = {}
+        for d in deliveries:
+            by_output.setdefault(d.output, []).extend(
+                (d.id, _age_member(d.accepted_ns, d.alert.uuid))
+            )
+        for output, args in by_output.items():
+            q, _, age, leases = self._qkeys(output)
+            await self._complete(keys=[q, age, leases], args=[GROUP, *args])
+
+    async def retry(self, delivery: Delivery, due_ns: int, error: str) -> None:
+        q, retry, age, leases = self._qkeys(delivery.output)
+        # The old entry id makes the member unique even if the same alert is retried twice.
+        member = orjson.dumps(
+            [
+                delivery.alert.to_json().decode(),
+                str(delivery.accepted_ns),
+                str(delivery.attempts + 1),
+                error,
+                delivery.id,
+            ]
+        )
+        k = _age_member(delivery.accepted_ns, delivery.alert.uuid)
+        await self._retry(
+            keys=[q, retry, age, leases], args=[GROUP, delivery.id, due_ns, member, k]
+        )
+
+    async def bury(self, delivery: Delivery, reason: str) -> None:
+        q, _, age, leases = self._qkeys(delivery.output)
+        k = _age_member(delivery.accepted_ns, delivery.alert.uuid)
+        dead = now_ns()
+        record = {
+            "a": delivery.alert.to_json().decode(),
+            "n": str(delivery.attempts + 1),  # counting the attempt that just failed
+            "t": str(delivery.accepted_ns),
+            "d": str(dead),
+            "r": reason,
+        }
+        keys = [q, age, leases, *self._dead_keys(delivery.output)]
+        keys += [f"{self.p}deadseq", f"{self.p}deadouts"]
+        args = [GROUP, delivery.id, k, dead, orjson.dumps(record), delivery.output]
+        await self._bury(keys=keys, args=args)
+
+    def _dead_keys(self, output: str) -> tuple[str, str]:
+        return f"{self.p}dead:{output}", f"{self.p}deadrec:{output}"
+
+    async def _dead_outputs(self, output: str | None) -> list[str]:
+        if output is not None:
+            return [output]
+        return sorted(await self.r.smembers(f"{self.p}deadouts"))
+
+    async def dead_letters(self, output: str | None, limit: int) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        letters: list[DeadLetter] = []
+        for out in await self._dead_outputs(output):
+            zkey, hkey = self._dead_keys(out)
+            ids = await self.r.zrevrange(zkey, 0, limit - 1)
+            recs = await self.r.hmget(hkey, ids) if ids else []
+            for id_, raw in zip(ids, recs, strict=True):
+                if raw is None:
+                    continue
+                d = orjson.loads(raw)
+                alert, times = Alert.from_json(d["a"]), (int(d["n"]), int(d["t"]), int(d["d"]))
+                letters.append(DeadLetter(id_, out, alert, *times, d["r"]))
+        letters.sort(key=lambda x: (x.dead_ns, int(x.id)), reverse=True)
+        return letters[:limit]
+
+    async def redrive(self, output: str | None, ids: list[str] | None) -> int:
+        if ids is not None and not ids:
+            return 0
+        total = 0
+        for out in await self._dead_outputs(output):
+            q = self._qkeys(out)[0]
+            args = [now_ns(), "*"] if ids is None else [now_ns(), *map(str, ids)]
+            total += await self._redrive(keys=[q, *self._dead_keys(out)], args=args)
+        return total
+
+    async def queue_stats(self, outputs: list[str]) -> dict[str, QueueStats]:
+        async with self.r.pipeline(transaction=True) as pipe:
+            for output in outputs:
+                q, retry, age, _ = self._qkeys(output)
+                pipe.xlen(q).zcard(retry).xrange(q, count=1).zrange(age, 0, 0)
+                pipe.zcard(self._dead_keys(output)[0])
+            replies = await pipe.execute()
+        result: dict[str, QueueStats] = {}
+        for i, output in enumerate(outputs):
+            length, retrying, head, readded, dead = replies[5 * i : 5 * i + 5]
+            # Fresh entries sit in the stream in accept order, so its head is the oldest of
+            # them; deliveries put back out of order are all in the age zset.
+            ages = [int(head[0][1]["t"])] if head else []
+            ages += [int(readded[0].split(":", 1)[0])] if readded else []
+            result[output] = QueueStats(length + retrying, min(ages, default=None), dead)
+        return result
+
+    # --- recent events ----------------------------------------------------------------------
+
+    async def get_event(self, uuid: str) -> Alert | None:
+        raw = await self.r.get(f"{self.p}ev:{uuid}")
+        return Alert.from_json(raw) if raw is not None else None
+
+    def _bounds(self, query: EventQuery, use_cursor: bool) -> tuple[str, str]:
+        """ZRANGEBYLEX (max, min) for the query's time range and cursor, newest-first."""
+        his: list[str] = []
+        if query.until_ns is not None:
+            his.append(_tkey(query.until_ns))  # every member at until_ns sorts above this
+        if use_cursor and query.cursor:
+            his.append(_member(*decode_cursor(query.cursor)))
+        hi = "(" + min(his) if his else "+"
+        lo = "[" + _tkey(query.since_ns) if query.since_ns is not None else "-"
+        return hi, lo
+
+    def _priorities(self, query: EventQuery) -> set[str] | None:
+        if query.min_priority is None:
+            return None
+        return {p.label for p in Priority if p >= query.min_priority}
+
+    async def _plan(self, query: EventQuery, hi: str, lo: str) -> list[str]:
+        """The index keys to walk: the filter whose union holds the fewest members in range."""
+        groups = [[f"{self.p}ix:all"]]
+        prios = self._priorities(query)
+        for kind, values in (
+            ("r", query.rules),
+            ("s", query.sources),
+            ("h", query.hostnames),
+            ("t", query.tags),
+            ("p", sorted(prios) if prios is not None else []),
+        ):
+            if values:
+                groups.append([self._ix(kind, v) for v in dict.fromkeys(values)])
+        if len(groups) == 1:
+            return groups[0]
+        async with self.r.pipeline(transaction=False) as pipe:
+            for keys in groups:
+                for key in keys:
+                    pipe.zlexcount(key, lo, hi)
+            counts = iter(await pipe.execute())
+        sizes = [sum(next(counts) for _ in keys) for keys in groups]
+        return groups[sizes.index(min(sizes))]
+
+    async def _walk(
+        self, keys: list[str], hi: str, lo: str, chunk: int
+    ) -> AsyncIterator[list[str]]:
+        """Members of the union of ``keys`` in [lo, hi], newest first, in chunks."""
+        while True:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrevrangebylex(key, hi, lo, 0, chunk)
+                replies: list[list[str]] = await pipe.execute()
+            # Beyond the highest last member of a full reply, some key may hold more members
+            # not fetched yet; above it, every key's members are all here.
+            full = [r[-1] for r in replies if len(r) == chunk]
+            merged = sorted(set().union(*replies), reverse=True)
+            if not full:
+                if merged:
+                    yield merged
+                return
+            edge = max(full)
+            yield [m for m in merged if m >= edge]
+            hi = "(" + edge
+
+    async def _scan(
+        self, query: EventQuery, chunk: int, use_cursor: bool
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Matching (member, event dict) pairs, newest first."""
+        hi, lo = self._bounds(query, use_cursor)
+        if hi != "+" and lo != "-" and hi[1:] <= lo[1:]:
+            return
+        keys = await self._plan(query, hi, lo)
+        prios, needle = self._priorities(query), query.text.lower()
+        async for members in self._walk(keys, hi, lo, chunk):
+            raws = await self.r.mget([f"{self.p}ev:{m[23:]}" for m in members])
+            for m, raw in zip(members, raws, strict=True):
+                if raw is None:
+                    continue  # removed by retention meanwhile
+                d = orjson.loads(raw)
+                # A stale member (the uuid was accepted again after its dedup window) is skipped.
+                if d.get("_m") == m and _matches(d, query, prios, needle):
+                    yield m, d
+
+    async def events(self, query: EventQuery) -> EventPage:
+        if query.limit < 1:
+            raise ValueError("limit must be at least 1")
+        # One extra match tells whether an older page exists.
+        want = query.limit + 1
+        lists = (query.rules, query.sources, query.hostnames, query.tags)
+        # One filter at most: the index walked is exactly the matches, no need to over-fetch.
+        selective = not query.text and sum(map(bool, lists)) + (query.min_priority is not None) < 2
+        chunk = want if selective else min(max(4 * want, 500), 2000)
+        found: list[tuple[str, dict[str, Any]]] = []
+        async for item in self._scan(query, chunk, use_cursor=True):
+            found.append(item)
+            if len(found) == want:
+                break
+        events = [Alert.from_dict(d) for _, d in found[: query.limit]]
+        cursor = None
+        if len(found) > query.limit:
+            m = found[query.limit - 1][0]
+            cursor = encode_cursor(_member_time(m), m[23:])
+        return EventPage(events, cursor)
+
+    async def stats(self, query: EventQuery, bucket_s: int) -> Stats:
+        if bucket_s <= 0:
+            raise ValueError("bucket must be at least 1s")
+        width = int(bucket_s * 1_000_000_000)
+        if query.since_ns is not None and query.until_ns is not None:
+            self._bucket_range(query.since_ns, query.until_ns, width)  # fail before scanning
+        filtered = query.text or query.rules or query.sources or query.hostnames or query.tags
+        if filtered or query.min_priority is not None:
+            total, counts, times = await self._count_by_scan(query, width)
+        else:
+            total, counts, times = await self._count_by_index(query, width)
+        start = query.since_ns if query.since_ns is not None else min(times, default=None)
+        end = query.until_ns if query.until_ns is not None else max(times, default=None)
+        if query.until_ns is None and end is not None:
+            end += width  # the newest bucket start; its bucket is included
+        buckets = []
+        if start is not None and end is not None:
+            buckets = [(b, times.get(b, 0)) for b in self._bucket_range(start, end, width)]
+        by_priority = {p.label: counts["p"][p.label] for p in Priority if counts["p"][p.label]}
+        by = [dict(counts[k]) for k in "rsht"]
+        return Stats(total, by_priority, *by, buckets=buckets)
+
+    async def _count_by_scan(
+        self, query: EventQuery, width: int
+    ) -> tuple[int, dict[str, Counter[str]], Counter[int]]:
+        counts: dict[str, Counter[str]] = {k: Counter() for k in "prsht"}
+        times: Counter[int] = Counter()
+        async for m, d in self._scan(query, 1000, use_cursor=False):
+            for k, field in (("p", "priority"), ("r", "rule"), ("s", "source"), ("h", "hostname")):
+                counts[k][d[field]] += 1
+            counts["t"].update(set(d["tags"]))
+            times[_member_time(m) // width * width] += 1
+        return times.total(), counts, times
+
+    async def _count_by_index(
+        self, query: EventQuery, width: int
+    ) -> tuple[int, dict[str, Counter[str]], Counter[int]]:
+        """A time range only: count every index key over it, and ix:all per bucket."""
+        hi, lo = self._bounds(query, use_cursor=False)
+        all_key, keys = f"{self.p}ix:all", sorted(await self.r.smembers(f"{self.p}ixkeys"))
+        keys = [k for k in keys if k != all_key]
+        if any("\ufffd" in k for k in keys):  # a key name that lost a NUL: not exact
+            return await self._count_by_scan(query, width)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.zlexcount(all_key, lo, hi)
+            pipe.zrangebylex(all_key, lo, hi, 0, 1).zrevrangebylex(all_key, hi, lo, 0, 1)
+            for key in keys:
+                pipe.zlexcount(key, lo, hi)
+            total, oldest, newest, *per_key = await pipe.execute()
+        counts: dict[str, Counter[str]] = {k: Counter() for k in "prsht"}
+        skip = len(self.p) + 3  # "ix:"
+        for key, n in zip(keys, per_key, strict=True):
+            if n and key[skip + 1] == ":":
+                counts[key[skip]][key[skip + 2 :]] += n
+        times: Counter[int] = Counter()
+        if not total:
+            return 0, counts, times
+        first = _member_time(oldest[0]) // width * width
+        last = _member_time(newest[0]) // width * width
+        starts = range(first, last + 1, width)
+        self._bucket_range(first, last + 1, width)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for b in starts:
+                b_lo, b_hi = "[" + _tkey(b), "(" + _tkey(b + width)
+                b_lo = lo if lo != "-" and lo[1:] > b_lo[1:] else b_lo
+                b_hi = hi if hi != "+" and hi[1:] < b_hi[1:] else b_hi
+                pipe.zlexcount(all_key, b_lo, b_hi)
+            times.update(dict(zip(starts, await pipe.execute(), strict=True)))
+        return total, counts, times
+
+    @staticmethod
+    def _bucket_range(start: int, end: int, width: int) -> range:
+        """Bucket starts covering [start, end)."""
+        first = start // width * width
+        buckets = range(first, end, width) if end > start else range(0)
+        if len(buckets) > _MAX_BUCKETS:
+            raise ValueError(
+                f"too many buckets ({len(buckets)} > {_MAX_BUCKETS}): widen the bucket"
+            )
+        return buckets
+
+    async def enforce_retention(self, max_age_s: float, max_count: int) -> int:
+        all_key = f"{self.p}ix:all"
+        removed = 0
+        cutoff = "(" + _tkey(now_ns() - int(max_age_s * 1e9))
+        while members := await self.r.zrangebylex(all_key, "-", cutoff, 0, _RETENTION_CHUNK):
+            removed += await self._retention(args=[self.p, *members])
+        # Everything up to the oldest event kept: replicas trimming at once agree on it.
+        while edge := await self.r.zrevrange(all_key, max(0, max_count), max(0, max_count)):
+            members = await self.r.zrangebylex(all_key, "-", "[" + edge[0], 0, _RETENTION_CHUNK)
+            removed += await self._retention(args=[self.p, *members])
+        if removed:
+            await self._prune_ixkeys(args=[self.p])
+        return removed
