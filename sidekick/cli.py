@@ -99,9 +99,17 @@ async def serve(config: HubConfig) -> int:
 
 
 def _safe_error(exc: Exception) -> str:
-    # Exception texts from clients can embed URLs with credentials; keep the kind and errno.
-    errno = getattr(exc, "errno", None)
-    return f"{type(exc).__name__}" + (f" (errno {errno}: {exc.strerror})" if errno else "")
+    """A start-up failure in one line. Client exceptions can embed URLs with credentials, so
+    only messages we wrote ourselves, or OS errors, are shown whole."""
+    from redis.exceptions import RedisError
+
+    from sidekick.grpc_server import GrpcSetupError
+
+    if isinstance(exc, GrpcSetupError | OSError):
+        return str(exc)
+    if isinstance(exc, RedisError):
+        return f"cannot use Redis ({type(exc).__name__}); check redis.url and that it is up"
+    return type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.hubproc import HubProcess, falco_alert
 from tests.receiver import Receiver
+from tests.support import free_port
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +191,26 @@ def test_config_error_is_one_clear_line(tmp_path: Path) -> None:
     assert "webhook.minimumpriority" in log and "urgnt" in log
     assert "Traceback" not in log
     assert "did not start" in str(info.value)
+
+
+@pytest.mark.parametrize("problem", ["redis down", "grpc port taken", "datadir not writable"])
+def test_start_failure_is_one_clear_line(tmp_path: Path, problem: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config: dict = {
+        "redis down": {"store": "redis",
+                       "redis": {"url": f"redis://:pw@127.0.0.1:{free_port()}/0"}},
+        "grpc port taken": {},
+        "datadir not writable": {"datadir": str(blocker / "data")},
+    }[problem]
+    proc = HubProcess(tmp_path, config, grpc=problem == "grpc port taken")
+    with socket.socket() as taken:
+        if proc.grpcport:
+            taken.bind(("127.0.0.1", proc.grpcport))
+            taken.listen()
+        with pytest.raises(RuntimeError):
+            proc.start(timeout=15)
+    log = proc.log()
+    assert "cannot start the hub" in log
+    assert "Traceback" not in log and ":pw@" not in log
+    assert proc.proc is not None and proc.proc.wait(timeout=10) == 1
