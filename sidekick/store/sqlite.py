@@ -1,0 +1,485 @@
+"""The embedded store: one SQLite file, for a single hub process.
+
+Writes run on one dedicated thread that owns the writing connection, so the event loop never
+blocks on disk and writers never contend. Accepts are group-committed: callers that arrive
+while a transaction is being written share the next one. Queries for the API (events, stats,
+dead letters, queue depths) run on a second thread with its own connection: WAL lets it read
+a consistent snapshot while ingest goes on, so a slow stats query never holds up an ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from sidekick.alert import Alert
+from sidekick.store import sqlite_schema as sql
+from sidekick.store.base import (
+    DeadLetter,
+    Delivery,
+    EventPage,
+    EventQuery,
+    QueueStats,
+    Stats,
+    Store,
+    decode_cursor,
+    encode_cursor,
+)
+
+T = TypeVar("T")
+
+_PRUNE_EVERY_NS = 30 * 10**9
+_RETENTION_CHUNK = 1000  # events deleted per transaction; accepts interleave between chunks
+
+
+@dataclass(slots=True)
+class _Job:
+    batch: list[tuple[Alert, list[str]]]
+    window_ns: int
+    future: asyncio.Future[list[bool]]
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._pool: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # used on the worker thread only
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._reader: sqlite3.Connection | None = None  # used on the reader thread only
+        self._pending: list[_Job] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wakers: dict[str, asyncio.Event] = {}
+        # worker-thread state: the widest dedup window seen, and when to prune tombstones
+        self._max_window_ns = 0
+        self._next_prune_ns = 0
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on the reader thread."""
+        if self._reader_pool is None or self._reader is None:
+            raise RuntimeError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader_pool, fn, self._reader, *args
+        )
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            # SQLite may already have rolled back (disk full, I/O error); a failed COMMIT
+            # leaves the transaction open. Either way the next BEGIN must find none.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("store is not open")
+        return self._conn
+
+    def _wake(self, output: str) -> None:
+        # Waiters hold the event they saw before querying; setting and dropping it wakes
+        # exactly those, and the next lease() makes a fresh one.
+        event = self._wakers.pop(output, None)
+        if event is not None:
+            event.set()
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
+        try:
+            await self._run(self._open_sync)
+            self._reader = await asyncio.get_running_loop().run_in_executor(
+                self._reader_pool, self._open_reader
+            )
+        except BaseException:
+            await self.close()
+            raise
+
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in sql.READER_PRAGMAS:
+            conn.execute(pragma)
+        return conn
+
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        for pragma in sql.PRAGMAS:
+            conn.execute(pragma)
+        conn.executescript(sql.SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'dedup_window_ns'").fetchone()
+        self._max_window_ns = row[0] if row else 0
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        while self._flusher is not None:  # acknowledged-or-failed, never dropped
+            await asyncio.wait({self._flusher})
+        with contextlib.suppress(Exception):
+            await self._run(self._close_sync)
+        self._pool.shutdown(wait=True)
+        self._pool = None
+        if self._reader_pool is not None:
+            self._reader_pool.shutdown(wait=True)  # queries in flight finish first
+            self._reader_pool = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db().execute("SELECT 1").fetchone())
+
+    # --- ingest -----------------------------------------------------------------------------
+
+    async def accept(
+        self, batch: list[tuple[Alert, list[str]]], dedup_window_s: float
+    ) -> list[bool]:
+        if not batch:
+            return []
+        for alert, _ in batch:
+            if not alert.uuid:
+                raise ValueError("every accepted alert needs a uuid (call ensure_uuid)")
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(batch, int(dedup_window_s * 1e9), future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                jobs, self._pending = self._pending, []
+                try:
+                    results, outputs = await self._run(self._write_accepts, jobs)
+                except asyncio.CancelledError:
+                    for job in jobs:  # the write may or may not have happened: not acked
+                        job.future.cancel()
+                    raise
+                except Exception as exc:
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                    continue
+                for job, result in zip(jobs, results, strict=True):
+                    if not job.future.done():
+                        job.future.set_result(result)
+                for output in outputs:
+                    self._wake(output)
+        finally:
+            self._flusher = None
+
+    def _write_accepts(self, jobs: list[_Job]) -> tuple[list[list[bool]], set[str]]:
+        now = time.time_ns()
+        results = [[False] * len(job.batch) for job in jobs]
+        groups: dict[int, list[tuple[int, int]]] = {}  # window -> (job, item) positions
+        for j, job in enumerate(jobs):
+            groups.setdefault(job.window_ns, []).extend((j, i) for i in range(len(job.batch)))
+        tags: list[tuple[str, int, str]] = []
+        deliveries: list[tuple[str, bytes, int, int]] = []
+        outputs: set[str] = set()
+        with self._txn() as conn:
+            self._remember_window(conn, max(groups))
+            for window_ns, positions in groups.items():
+                cutoff = now - window_ns
+                items = [(j, i, jobs[j].batch[i][0]) for j, i in positions]
+                buried = self._tombstoned(conn, [a.uuid for _, _, a in items], cutoff)
+                candidates = []
+                rows = []
+                for j, i, alert in items:
+                    if alert.uuid in buried:
+                        continue
+                    blob = alert.to_json()
+                    candidates.append((j, i, alert, blob))
+                    rows.append((alert.uuid, alert.time_ns, now, int(alert.priority), alert.rule,
+                                 alert.source, alert.hostname, orjson.dumps(alert.tags),
+                                 sql.search_text(alert), blob))
+                fresh: set[str] = set()
+                for chunk in sql.sized(rows):
+                    fresh.update(r[0] for r in conn.execute(
+                        sql.insert_events_sql(len(chunk)), [*sql.flat(chunk), cutoff]))
+                for j, i, alert, blob in candidates:
+                    if alert.uuid not in fresh:
+                        continue
+                    fresh.discard(alert.uuid)  # the statement stored the first copy only
+                    results[j][i] = True
+                    tags.extend((tag, alert.time_ns, alert.uuid) for tag in alert.tags)
+                    for name in dict.fromkeys(jobs[j].batch[i][1]):
+                        deliveries.append((name, blob, now, now))
+                        outputs.add(name)
+            for chunk in sql.sized(tags):
+                conn.execute(sql.insert_tags_sql(len(chunk)), sql.flat(chunk))
+            for chunk in sql.sized(deliveries):
+                conn.execute(sql.insert_deliveries_sql(len(chunk)), sql.flat(chunk))
+            if now >= self._next_prune_ns:
+                conn.execute("DELETE FROM dedup_tomb WHERE accepted_ns < ?",
+                             (now - self._max_window_ns,))
+                self._next_prune_ns = now + _PRUNE_EVERY_NS
+        return results, outputs
+
+    def _tombstoned(self, conn: sqlite3.Connection, uuids: list[str], cutoff: int) -> set[str]:
+        found: set[str] = set()
+        for chunk in sql.chunks(uuids, sql.IN_CHUNK):
+            found.update(r[0] for r in conn.execute(
+                "SELECT uuid FROM dedup_tomb WHERE accepted_ns >= ? "
+                f"AND uuid IN ({sql.marks(len(chunk))})", [cutoff, *chunk]))
+        return found
+
+    def _remember_window(self, conn: sqlite3.Connection, window_ns: int) -> None:
+        # Persisted so retention after a restart still tombstones events inside the window.
+        if window_ns > self._max_window_ns:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dedup_window_ns', ?)",
+                         (window_ns,))
+            self._max_window_ns = window_ns
+
+    # --- delivery queue ---------------------------------------------------------------------
+
+    async def lease(self, output: str, limit: int, lease_s: float, wait_s: float) -> list[Delivery]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            wake = self._wakers.setdefault(output, asyncio.Event())
+            leased, next_due_ns = await self._run(
+                self._lease_sync, output, limit, int(lease_s * 1e9)
+            )
+            if leased:
+                return leased
+            timeout = deadline - loop.time()
+            if timeout <= 0:
+                return []
+            if next_due_ns is not None:  # a retry or an expiring lease becomes due
+                timeout = min(timeout, max(0.0, (next_due_ns - time.time_ns()) / 1e9))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+
+    def _lease_sync(
+        self, output: str, limit: int, lease_ns: int
+    ) -> tuple[list[Delivery], int | None]:
+        now = time.time_ns()
+        with self._txn() as conn:
+            rows = conn.execute(
+                "SELECT id, alert, attempts, accepted_ns FROM deliveries "
+                "WHERE output = ? AND next_at <= ? ORDER BY next_at, id LIMIT ?",
+                (output, now, limit),
+            ).fetchall()
+            if not rows:
+                next_due = conn.execute(
+                    "SELECT min(next_at) FROM deliveries WHERE output = ?", (output,)
+                ).fetchone()[0]
+                return [], next_due
+            for chunk in sql.chunks([r[0] for r in rows], sql.IN_CHUNK):
+                conn.execute(
+                    f"UPDATE deliveries SET next_at = ? WHERE id IN ({sql.marks(len(chunk))})",
+                    [now + lease_ns, *chunk],
+                )
+        return [
+            Delivery(str(id_), output, Alert.from_json(blob), attempts, accepted)
+            for id_, blob, attempts, accepted in rows
+        ], None
+
+    async def complete(self, deliveries: list[Delivery]) -> None:
+        ids = [int(d.id) for d in deliveries]
+        if ids:
+            await self._run(self._complete_sync, ids)
+
+    def _complete_sync(self, ids: list[int]) -> None:
+        with self._txn() as conn:
+            for chunk in sql.chunks(ids, sql.IN_CHUNK):
+                conn.execute(f"DELETE FROM deliveries WHERE id IN ({sql.marks(len(chunk))})", chunk)
+
+    async def retry(self, delivery: Delivery, due_ns: int, error: str) -> None:
+        def run() -> None:
+            with self._txn() as conn:
+                conn.execute(
+                    "UPDATE deliveries SET attempts = attempts + 1, next_at = ?, last_error = ? "
+                    "WHERE id = ?",
+                    (due_ns, error, int(delivery.id)),
+                )
+
+        await self._run(run)
+        self._wake(delivery.output)  # waiters re-read the next due time
+
+    async def bury(self, delivery: Delivery, reason: str) -> None:
+        # The attempt that led to burial counts, as retry() counts the one that failed.
+        def run() -> None:
+            with self._txn() as conn:
+                conn.execute(
+                    "INSERT INTO dead_letters (output, alert, attempts, accepted_ns, dead_ns, "
+                    "reason) SELECT output, alert, attempts + 1, accepted_ns, ?, ? "
+                    "FROM deliveries WHERE id = ?",
+                    (time.time_ns(), reason, int(delivery.id)),
+                )
+                conn.execute("DELETE FROM deliveries WHERE id = ?", (int(delivery.id),))
+
+        await self._run(run)
+
+    async def dead_letters(self, output: str | None, limit: int) -> list[DeadLetter]:
+        def run(conn: sqlite3.Connection) -> list[DeadLetter]:
+            cond, params = ("WHERE output = ?", [output]) if output is not None else ("", [])
+            rows = conn.execute(
+                "SELECT id, output, alert, attempts, accepted_ns, dead_ns, reason "
+                f"FROM dead_letters {cond} ORDER BY dead_ns DESC, id DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            return [DeadLetter(str(r[0]), r[1], Alert.from_json(r[2]), *r[3:]) for r in rows]
+
+        return await self._read(run)
+
+    async def redrive(self, output: str | None, ids: list[str] | None) -> int:
+        conds: list[str] = []
+        params: list[Any] = []
+        if output is not None:
+            conds.append("output = ?")
+            params.append(output)
+        if ids is not None:
+            numeric = [int(i) for i in ids if i.isdigit()]  # ids are ours; others match nothing
+            if not numeric:
+                return 0
+            conds.append(f"id IN ({sql.marks(len(numeric))})")
+            params += numeric
+        where = "WHERE " + " AND ".join(conds) if conds else ""
+
+        def run() -> list[str]:
+            now = time.time_ns()
+            with self._txn() as conn:
+                rows = conn.execute(
+                    f"SELECT id, output, alert FROM dead_letters {where} ORDER BY id", params
+                ).fetchall()
+                # accepted_ns restarts: a redriven alert gets a full retry age, not an instant
+                # re-burial for being old; attempts restart for the same reason.
+                conn.executemany(sql.INSERT_DELIVERY, [(o, a, now, now) for _, o, a in rows])
+                for chunk in sql.chunks([r[0] for r in rows], sql.IN_CHUNK):
+                    conn.execute(f"DELETE FROM dead_letters WHERE id IN ({sql.marks(len(chunk))})",
+                                 chunk)
+            return [r[1] for r in rows]
+
+        moved = await self._run(run)
+        for name in set(moved):
+            self._wake(name)
+        return len(moved)
+
+    async def queue_stats(self, outputs: list[str]) -> dict[str, QueueStats]:
+        def run(conn: sqlite3.Connection) -> dict[str, QueueStats]:
+            out = {}
+            for name in outputs:
+                pending, oldest = conn.execute(
+                    "SELECT count(*), min(accepted_ns) FROM deliveries WHERE output = ?", (name,)
+                ).fetchone()
+                (dead,) = conn.execute(
+                    "SELECT count(*) FROM dead_letters WHERE output = ?", (name,)
+                ).fetchone()
+                out[name] = QueueStats(pending, oldest, dead)
+            return out
+
+        return await self._read(run)
+
+    # --- recent events ----------------------------------------------------------------------
+
+    async def get_event(self, uuid: str) -> Alert | None:
+        def run(conn: sqlite3.Connection) -> Alert | None:
+            row = conn.execute("SELECT json FROM events WHERE uuid = ?", (uuid,)).fetchone()
+            return Alert.from_json(row[0]) if row else None
+
+        return await self._read(run)
+
+    async def events(self, query: EventQuery) -> EventPage:
+        if query.limit < 1:
+            raise ValueError("limit must be at least 1")
+        cursor = decode_cursor(query.cursor) if query.cursor else None
+        return await self._read(self._events_sync, query, cursor)
+
+    @staticmethod
+    def _events_sync(
+        conn: sqlite3.Connection, q: EventQuery, cursor: tuple[int, str] | None
+    ) -> EventPage:
+        found: dict[str, tuple[int, str, bytes]] = {}
+        for text, params in sql.page_queries(q, cursor, q.limit + 1):
+            for row in conn.execute(text, params):
+                found[row[1]] = row  # several tag queries may find one event
+        rows = sorted(found.values(), key=lambda r: (r[0], r[1]), reverse=True)
+        page = rows[: q.limit]
+        more = len(rows) > q.limit
+        return EventPage(
+            events=[Alert.from_json(r[2]) for r in page],
+            next_cursor=encode_cursor(page[-1][0], page[-1][1]) if more else None,
+        )
+
+    async def stats(self, query: EventQuery, bucket_s: int) -> Stats:
+        if bucket_s <= 0:
+            raise ValueError("bucket_s must be positive")
+        bucket_ns = int(bucket_s * 10**9)
+        if query.since_ns is not None and query.until_ns is not None:
+            sql.bucket_range(query.since_ns, query.until_ns - 1, bucket_ns)  # fail early
+        return await self._read(self._stats_sync, query, bucket_ns)
+
+    @staticmethod
+    def _stats_sync(conn: sqlite3.Connection, q: EventQuery, bucket_ns: int) -> Stats:
+        if q.rules or q.sources or q.hostnames or q.tags or q.text or q.min_priority is not None:
+            return sql.stats_filtered(conn, q, bucket_ns)
+        return sql.stats_time_only(conn, q, bucket_ns)
+
+    async def enforce_retention(self, max_age_s: float, max_count: int) -> int:
+        cutoff = time.time_ns() - int(max_age_s * 1e9)
+        # event times are never negative; a cutoff below 0 (a huge max age) deletes nothing
+        deleted = await self._delete_events("e.time_ns < ?", [cutoff]) if cutoff > 0 else 0
+        boundary = await self._run(
+            lambda: self._db().execute(
+                "SELECT time_ns, uuid FROM events ORDER BY time_ns DESC, uuid DESC "
+                "LIMIT 1 OFFSET ?", (max(0, max_count),)
+            ).fetchone()
+        )
+        if boundary is not None:
+            deleted += await self._delete_events("(e.time_ns, e.uuid) <= (?, ?)", list(boundary))
+        return deleted
+
+    async def _delete_events(self, cond: str, params: list[Any]) -> int:
+        """Oldest first, one short transaction per chunk so ingest is never held up long."""
+
+        def chunk() -> int:
+            with self._txn() as conn:
+                gone = conn.execute(
+                    "DELETE FROM events WHERE rowid IN (SELECT e.rowid FROM events e "
+                    f"WHERE {cond} ORDER BY e.time_ns, e.uuid LIMIT ?) RETURNING uuid, accepted_ns",
+                    [*params, _RETENTION_CHUNK],
+                ).fetchall()
+                cutoff = time.time_ns() - self._max_window_ns
+                recent = [row for row in gone if row[1] >= cutoff]
+                if recent:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO dedup_tomb (uuid, accepted_ns) VALUES (?, ?)",
+                        recent)
+            return len(gone)
+
+        total = 0
+        while True:
+            n = await self._run(chunk)
+            total += n
+            if n < _RETENTION_CHUNK:
+                return total
