@@ -37,7 +37,7 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class QueueStats:
-    pending: int  # waiting or retrying, not yet delivered
+    pending: int  # waiting, leased or retrying: not yet delivered
     oldest_pending_ns: int | None  # accepted time of the oldest pending delivery
     dead: int
 
@@ -123,7 +123,8 @@ class Store(abc.ABC):
         """Claim up to ``limit`` due deliveries of ``output`` for ``lease_s`` seconds.
 
         Waits up to ``wait_s`` for one to become due. A lease not completed, retried or buried
-        in time returns to the queue (a crashed worker or replica loses nothing).
+        within the holder's ``lease_s`` returns to the queue (a crashed worker or replica loses
+        nothing). Oldest first.
         """
 
     @abc.abstractmethod
@@ -136,7 +137,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def bury(self, delivery: Delivery, reason: str) -> None:
-        """Give up: move to the dead-letter list of its output."""
+        """Give up: move to the dead-letter list of its output, counting this attempt."""
 
     @abc.abstractmethod
     async def dead_letters(self, output: str | None, limit: int) -> list[DeadLetter]:
@@ -144,7 +145,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def redrive(self, output: str | None, ids: list[str] | None) -> int:
-        """Queue dead letters again (all of ``output``, or those ids); returns how many."""
+        """Queue dead letters again (all of ``output``, or those ids); returns how many.
+
+        A redriven delivery starts over: attempts 0 and ``accepted_ns`` now, so it is not buried
+        again at once for its age. Dead-letter ids are unique across outputs.
+        """
 
     @abc.abstractmethod
     async def queue_stats(self, outputs: list[str]) -> dict[str, QueueStats]: ...
