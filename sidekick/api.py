@@ -6,7 +6,7 @@ import math
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
@@ -116,18 +116,20 @@ def split_list(values: list[str] | None) -> list[str]:
     return [item for value in values or [] for item in value.split(",") if item]
 
 
-def event_query(
-    priority: str | None,
-    rule: list[str] | None,
-    source: list[str] | None,
-    hostname: list[str] | None,
-    tag: list[str] | None,
-    q: str | None,
-    since: str | None,
-    until: str | None,
-    limit: int = 100,
-    cursor: str | None = None,
+ListParam = Annotated[list[str] | None, Query(description="repeat it, or a comma list")]
+
+
+def event_filters(
+    priority: Annotated[str | None, Query(description="minimum priority")] = None,
+    rule: ListParam = None,
+    source: ListParam = None,
+    hostname: ListParam = None,
+    tag: ListParam = None,
+    q: Annotated[str | None, Query(description="text in output, rule or fields")] = None,
+    since: Annotated[str | None, Query(description="RFC3339, or a duration ago: 15m")] = None,
+    until: Annotated[str | None, Query(description="RFC3339, or a duration ago")] = None,
 ) -> EventQuery:
+    """The filters shared by the events and stats endpoints (a FastAPI dependency)."""
     min_priority = None
     if priority:
         try:
@@ -143,9 +145,10 @@ def event_query(
         text=(q or "").strip(),
         since_ns=parse_when(since, "since") if since else None,
         until_ns=parse_when(until, "until") if until else None,
-        limit=limit,
-        cursor=cursor,
     )
+
+
+Filters = Annotated[EventQuery, Depends(event_filters)]
 
 
 def choose_bucket(since_ns: int, until_ns: int) -> int:
@@ -159,9 +162,6 @@ def choose_bucket(since_ns: int, until_ns: int) -> int:
 class RedriveRequest(BaseModel):
     output: str | None = None
     ids: list[str] | None = None
-
-
-ListParam = Annotated[list[str] | None, Query()]
 
 
 def create_app(hub: Hub) -> FastAPI:
@@ -251,18 +251,11 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.get("/api/v1/events", summary="Recent events, newest first")
     async def events(
-        priority: str | None = None,
-        rule: ListParam = None,
-        source: ListParam = None,
-        hostname: ListParam = None,
-        tag: ListParam = None,
-        q: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
+        query: Filters,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: str | None = None,
     ) -> Response:
-        query = event_query(priority, rule, source, hostname, tag, q, since, until, limit, cursor)
+        query.limit, query.cursor = limit, cursor
         try:
             page = await hub.store.events(query)
         except ValueError as exc:
@@ -280,17 +273,10 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.get("/api/v1/stats", summary="Counts by priority, rule, source, hostname, tag, time")
     async def stats(
-        priority: str | None = None,
-        rule: ListParam = None,
-        source: ListParam = None,
-        hostname: ListParam = None,
-        tag: ListParam = None,
-        q: str | None = None,
-        since: str | None = "24h",
-        until: str | None = None,
-        bucket: str | None = None,
+        query: Filters,
+        bucket: Annotated[str | None, Query(description="bucket size: 1m, 1h...")] = None,
     ) -> Response:
-        query = event_query(priority, rule, source, hostname, tag, q, since, until)
+        """Without ``since``, the last 24 hours."""
         query.until_ns = query.until_ns or now_ns()
         query.since_ns = query.since_ns or query.until_ns - 86400 * 10**9
         if query.since_ns >= query.until_ns:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import base64
 from dataclasses import dataclass, field
+from typing import Any
 
 from sidekick.alert import Alert, Priority
 
@@ -73,6 +74,28 @@ class Stats:
     by_hostname: dict[str, int]
     by_tag: dict[str, int]
     buckets: list[tuple[int, int]]  # (bucket start ns, count), oldest first, empty buckets included
+
+
+def _field_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def search_text(output: str, rule: str, output_fields: dict[str, Any]) -> str:
+    """What ``EventQuery.text`` matches in, lowercased; both backends use it so they agree.
+
+    ``\x1f`` separates the parts so that a search cannot match across two of them.
+    """
+    parts = [output, rule]
+    for value in output_fields.values():
+        if isinstance(value, list):
+            parts.extend(_field_text(v) for v in value)
+        else:
+            parts.append(_field_text(value))
+    return "\x1f".join(parts).lower()
 
 
 def encode_cursor(time_ns: int, uuid: str) -> str:

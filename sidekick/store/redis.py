@@ -43,6 +43,7 @@ from sidekick.store.base import (
     Store,
     decode_cursor,
     encode_cursor,
+    search_text,
 )
 
 GROUP = "lanner"
@@ -69,15 +70,6 @@ def _age_member(accepted_ns: int, uuid: str) -> str:
     return f"{accepted_ns:020d}:{uuid}"
 
 
-def _scalar_text(value: Any) -> str:
-    # As the SQLite store's search column has it, so both backends match alike.
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _matches(d: dict[str, Any], query: EventQuery, prios: set[str] | None, needle: str) -> bool:
     if query.rules and d["rule"] not in query.rules:
         return False
@@ -89,15 +81,7 @@ def _matches(d: dict[str, Any], query: EventQuery, prios: set[str] | None, needl
         return False
     if prios is not None and d["priority"] not in prios:
         return False
-    if needle:
-        if needle in d["output"].lower() or needle in d["rule"].lower():
-            return True
-        for value in d["output_fields"].values():
-            items = value if isinstance(value, list) else (value,)
-            if any(needle in _scalar_text(v).lower() for v in items):
-                return True
-        return False
-    return True
+    return not needle or needle in search_text(d["output"], d["rule"], d["output_fields"])
 
 
 class RedisStore(Store):

@@ -33,6 +33,7 @@ from sidekick.store.base import (
     Store,
     decode_cursor,
     encode_cursor,
+    search_text,
 )
 
 T = TypeVar("T")
@@ -220,7 +221,7 @@ class SqliteStore(Store):
                     candidates.append((j, i, alert, blob))
                     rows.append((alert.uuid, alert.time_ns, now, int(alert.priority), alert.rule,
                                  alert.source, alert.hostname, orjson.dumps(alert.tags),
-                                 sql.search_text(alert), blob))
+                                 search_text(alert.output, alert.rule, alert.output_fields), blob))
                 fresh: set[str] = set()
                 for chunk in sql.sized(rows):
                     fresh.update(r[0] for r in conn.execute(

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from sidekick.alert import Alert, Priority
+from sidekick.alert import Priority
 from sidekick.store.base import EventQuery, Stats
 
 T = TypeVar("T")
@@ -192,25 +192,6 @@ def insert_deliveries_sql(rows: int) -> str:
         "INSERT INTO deliveries (output, alert, accepted_ns, next_at) "
         f"VALUES {_values(rows, DELIVERY_COLUMNS)}"
     )
-
-
-def _field_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def search_text(alert: Alert) -> str:
-    # \x1f between parts so a search cannot match across two fields.
-    parts = [alert.output, alert.rule]
-    for value in alert.output_fields.values():
-        if isinstance(value, list):
-            parts.extend(_field_text(v) for v in value)
-        else:
-            parts.append(_field_text(value))
-    return "\x1f".join(parts).lower()
 
 
 def _in(column: str, values: list[Any]) -> tuple[str, list[Any]]:
