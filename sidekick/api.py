@@ -8,11 +8,13 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 
-from sidekick.alert import TEST_RULE, Alert, AlertError, Priority, now_ns, parse_time_ns
+from sidekick.alert import TEST_RULE, Alert, Priority, now_ns, parse_time_ns
 from sidekick.config import parse_duration, redacted
+from sidekick.http_ingest import INGEST_RESPONSES, HubApp
 from sidekick.hub import Hub
 from sidekick.store.base import EventQuery
 
@@ -23,24 +25,31 @@ ALERT_SCHEMA: dict[str, Any] = {
         "uuid": {"type": "string", "maxLength": 128},
         "output": {"type": "string"},
         "priority": {
-            "type": "string", "example": "Warning",
-            "enum": sorted({*(p.label for p in Priority), *(p.name.lower() for p in Priority),
-                            "info"}),
+            "type": "string",
+            "example": "Warning",
+            "enum": sorted(
+                {*(p.label for p in Priority), *(p.name.lower() for p in Priority), "info"}
+            ),
             "description": "case-insensitive; info = Informational",
         },
         "rule": {"type": "string", "minLength": 1, "pattern": r"\S"},
         "time": {
-            "type": "string", "example": "2026-11-29T10:00:00.123456789Z",
+            "type": "string",
+            "example": "2026-11-29T10:00:00.123456789Z",
             "pattern": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d)T([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
-                       r"(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$",
+            r"(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$",
         },
         "output_fields": {
-            "type": "object", "minProperties": 1,
+            "type": "object",
+            "minProperties": 1,
             "additionalProperties": {
-                "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"},
-                          {"type": "null"},
-                          {"type": "array", "items": {"type": ["string", "number", "boolean",
-                                                                "null"]}}],
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "number"},
+                    {"type": "boolean"},
+                    {"type": "null"},
+                    {"type": "array", "items": {"type": ["string", "number", "boolean", "null"]}},
+                ],
             },
         },
         "source": {"type": "string"},
@@ -68,33 +77,11 @@ def error(status: int, message: str, field: str | None = None) -> JSONBytes:
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+    """A wrong query parameter: 400 naming it."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.field, self.status = message, field, status
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) past ``limit`` bytes without reading it all into memory."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest("invalid Content-Length", "content-length")
-        if int(declared) > limit:
-            raise BadRequest(f"body larger than {limit} bytes", "body", 413)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"body larger than {limit} bytes", "body", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def check_json_content_type(request: Request) -> None:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        raise BadRequest("Content-Type must be application/json", "content-type", 415)
+        self.message, self.field = message, field
 
 
 def parse_when(value: str, field: str) -> int:
@@ -164,9 +151,8 @@ class RedriveRequest(BaseModel):
     ids: list[str] | None = None
 
 
-def create_app(hub: Hub) -> FastAPI:
+def create_app(hub: Hub) -> HubApp:
     """The HTTP app over a hub; whoever serves it starts and stops the hub."""
-    config = hub.config
 
     app = FastAPI(
         title="Lanner hub",
@@ -176,9 +162,7 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> Response:
-        if exc.status == 400 or exc.status == 413 or exc.status == 415:
-            hub.reject()
-        return error(exc.status, exc.message, exc.field)
+        return error(400, exc.message, exc.field)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
@@ -186,49 +170,18 @@ def create_app(hub: Hub) -> FastAPI:
         field = ".".join(str(p) for p in first["loc"] if p not in ("query", "body", "path"))
         return error(400, first["msg"], field or None)
 
-    async def ingest(request: Request, test: bool = False) -> Response:
-        if test:
-            alert = Alert(
-                rule=TEST_RULE,
-                priority=Priority.DEBUG,
-                time_ns=now_ns(),
-                output="This is a test from Lanner",
-                output_fields={"proc.name": "lanner", "user.name": "lanner"},
-                tags=["example", "test"],
-            )
-        else:
-            check_json_content_type(request)
-            body = await read_body(request, config.bodylimit)
-            try:
-                alert = Alert.from_json(body)
-            except AlertError as exc:
-                raise BadRequest(exc.message, exc.field) from None
-            except RecursionError:
-                raise BadRequest("JSON nested too deeply", "body") from None
+    @app.post("/test", summary="Send a test alert through every output")
+    async def post_test() -> Response:
+        alert = Alert(
+            rule=TEST_RULE,
+            priority=Priority.DEBUG,
+            time_ns=now_ns(),
+            output="This is a test from Lanner",
+            output_fields={"proc.name": "lanner", "user.name": "lanner"},
+            tags=["example", "test"],
+        )
         (new,) = await hub.accept([alert])
         return JSONBytes({"uuid": alert.uuid, "duplicate": not new})
-
-    @app.post(
-        "/",
-        summary="Ingest one alert (Falco http_output format)",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": ALERT_SCHEMA}},
-            }
-        },
-        responses={
-            400: {"description": "invalid alert; `field` names the culprit"},
-            413: {"description": "body too large"},
-            415: {"description": "not JSON"},
-        },
-    )
-    async def post_alert(request: Request) -> Response:
-        return await ingest(request)
-
-    @app.post("/test", summary="Send a test alert through every output")
-    async def post_test(request: Request) -> Response:
-        return await ingest(request, test=True)
 
     @app.get("/ping", response_class=PlainTextResponse)
     async def ping() -> str:
@@ -351,4 +304,24 @@ def create_app(hub: Hub) -> FastAPI:
         count = await hub.store.redrive(request.output, request.ids)
         return JSONBytes({"redriven": count})
 
-    return app
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema["paths"].setdefault("/", {})["post"] = {
+                "summary": "Ingest one alert (Falco http_output format)",
+                "operationId": "post_alert",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ALERT_SCHEMA}},
+                },
+                "responses": {
+                    str(code): {"description": text} for code, text in INGEST_RESPONSES.items()
+                },
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return HubApp(hub, app)

@@ -63,12 +63,11 @@ async def serve(config: HubConfig) -> int:
         log.error("cannot start the hub: %s", _safe_error(exc))
         await hub.stop()
         return 1
-    server = uvicorn.Server(
+    server = Server(
         uvicorn.Config(
             create_app(hub),
             host=config.listenaddress or "0.0.0.0",
             port=config.listenport,
-            loop="uvloop",
             http="httptools",
             lifespan="off",
             access_log=False,
@@ -82,6 +81,7 @@ async def serve(config: HubConfig) -> int:
         config.listenport,
         config.grpcport or "off",
     )
+
     def on_signal() -> None:
         if server.should_exit:  # a second Ctrl-C: stop now
             server.force_exit = True
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     # HTTP client libraries log request URLs, and webhook URLs carry tokens: keep them quiet.
     for noisy in ("httpx", "httpcore", "hpack"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return asyncio.run(serve(config))
+    import uvloop
+
+    return uvloop.run(serve(config))
 
 
 if __name__ == "__main__":

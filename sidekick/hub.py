@@ -97,8 +97,7 @@ class Hub:
             batch.append((alert, route(self.config.outputs, alert)))
         fresh = await self.store.accept(batch, self.config.dedupwindow)
         accepted = [alert for alert, new in zip(alerts, fresh, strict=True) if new]
-        for alert in accepted:
-            self.metrics.count_event(alert)
+        self.metrics.count_events(accepted)
         self.metrics.inputs.labels(source, "accepted").inc(len(alerts))
         if len(accepted) < len(alerts):
             self.metrics.dedup_hits.inc(len(alerts) - len(accepted))

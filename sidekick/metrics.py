@@ -5,6 +5,8 @@ Each hub gets its own registry so several hubs can live in one process (tests, b
 
 from __future__ import annotations
 
+import collections
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -91,17 +93,22 @@ class Metrics:
             registry=r,
         )
 
-    def count_event(self, alert: Alert) -> None:
-        fields = alert.output_fields
-        self.events.labels(
-            hostname=alert.hostname or "unknown",
-            rule=alert.rule,
-            priority=str(int(alert.priority)),
-            priority_raw=alert.priority.name.lower(),
-            source=alert.source,
-            k8s_ns_name=str(fields.get("k8s.ns.name") or ""),
-            k8s_pod_name=str(fields.get("k8s.pod.name") or ""),
-        ).inc()
+    def count_events(self, alerts: list[Alert]) -> None:
+        # One labels() lookup per distinct label set of the batch, not per alert.
+        counts: collections.Counter[tuple[str, ...]] = collections.Counter()
+        for alert in alerts:
+            fields = alert.output_fields
+            counts[(
+                alert.hostname or "unknown",
+                alert.rule,
+                str(int(alert.priority)),
+                alert.priority.name.lower(),
+                alert.source,
+                str(fields.get("k8s.ns.name") or ""),
+                str(fields.get("k8s.pod.name") or ""),
+            )] += 1
+        for labels, n in counts.items():
+            self.events.labels(*labels).inc(n)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sidekick.alert import Alert, AlertError, Priority, format_time_ns, parse_time_ns
@@ -66,3 +68,17 @@ def test_error_names_field() -> None:
     with pytest.raises(AlertError) as info:
         Alert.from_json(b'{"rule":"R","priority":"Warning","time":"x","output_fields":{"a":1}}')
     assert info.value.field == "time"
+
+
+def test_new_uuid_is_a_time_ordered_uuid7() -> None:
+    import uuid
+
+    from sidekick.alert import new_uuid
+
+    made = [new_uuid() for _ in range(1000)]
+    parsed = [uuid.UUID(u) for u in made]
+    assert all(p.version == 7 and p.variant == uuid.RFC_4122 for p in parsed)
+    assert len(set(made)) == 1000
+    millis = [int(u.replace("-", "")[:12], 16) for u in made]
+    assert millis == sorted(millis)
+    assert abs(millis[0] - time.time() * 1000) < 5000
