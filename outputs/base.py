@@ -13,7 +13,7 @@ import email.utils
 import time
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 
 from sidekick.alert import Alert, Priority
@@ -85,17 +85,59 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+USER_AGENT = "Lanner"
 
 
-def raise_for_http_status(output: str, response: httpx.Response) -> None:
+def raise_for_http_status(output: str, status: int, retry_after: str | None) -> None:
     """Classify an HTTP answer: 2xx returns; 408/425/429/5xx retryable; other codes permanent."""
-    status = response.status_code
     if 200 <= status < 300:
         return
     message = f"{output}: HTTP {status}"
     if status in RETRYABLE_STATUS or status >= 500:
-        raise RetryableError(message, retry_after_seconds(response.headers.get("retry-after")))
+        raise RetryableError(message, retry_after_seconds(retry_after))
     raise PermanentError(message)
+
+
+def http_session(
+    timeout: float, verify: bool = True, headers: dict[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """The HTTP client of an output; aiohttp costs several times less CPU per request than
+    the alternatives measured here, and deliveries are the hub's main CPU cost."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        headers={"User-Agent": USER_AGENT, **(headers or {})},
+        connector=aiohttp.TCPConnector(ssl=None if verify else False),
+    )
+
+
+async def http_request(
+    output: str,
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """Send one request and classify the outcome; returns the body of a 2xx answer.
+
+    Connection failures and timeouts are retryable. Redirects are not followed (a 3xx is an
+    error, as in Falcosidekick). Messages name the kind of failure, never the URL.
+    """
+    try:
+        async with session.request(
+            method, url, data=body, headers=headers, allow_redirects=False
+        ) as response:
+            content = await response.read()
+            raise_for_http_status(output, response.status, response.headers.get("Retry-After"))
+            return content
+    except aiohttp.InvalidURL:
+        raise PermanentError(f"{output}: invalid address") from None
+    except TimeoutError:
+        raise RetryableError(f"{output}: timeout") from None
+    except aiohttp.ClientConnectionError:
+        raise RetryableError(f"{output}: connection failed") from None
+    except aiohttp.ClientError as exc:
+        raise RetryableError(f"{output}: {type(exc).__name__}") from None
 
 
 class Output(abc.ABC):
@@ -120,8 +162,3 @@ class Output(abc.ABC):
 
     @abc.abstractmethod
     async def send(self, batch: list[Alert]) -> None: ...
-
-
-def http_errors_as_retryable(output: str, exc: httpx.HTTPError) -> RetryableError:
-    """Connection failures and timeouts: retry. The message names the kind, not the URL."""
-    return RetryableError(f"{output}: {type(exc).__name__}")

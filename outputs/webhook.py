@@ -38,20 +38,13 @@ import time
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from pydantic import SecretStr, field_validator
 
-from outputs.base import (
-    Output,
-    OutputConfig,
-    PermanentError,
-    http_errors_as_retryable,
-    raise_for_http_status,
-)
+from outputs.base import Output, OutputConfig, http_request, http_session
 from sidekick.alert import Alert
 
 CONTENT_TYPE = "application/json; charset=utf-8"
-USER_AGENT = "Lanner"
 SIGNATURE_HEADER = "X-Lanner-Signature"
 TIMESTAMP_HEADER = "X-Lanner-Timestamp"
 
@@ -131,56 +124,39 @@ class WebhookOutput(Output):
 
     def __init__(self, config: WebhookConfig) -> None:
         super().__init__(config)
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def enabled(cls, config: OutputConfig) -> bool:
         return isinstance(config, WebhookConfig) and bool(config.address.get_secret_value())
 
     async def start(self) -> None:
-        if self._client is not None:
+        if self._session is not None:
             return
-        headers = {"Content-Type": CONTENT_TYPE, "User-Agent": USER_AGENT}
+        headers = {"Content-Type": CONTENT_TYPE}
         for name, value in self.config.customheaders.items():
             headers[name] = value.get_secret_value()
-        self._client = httpx.AsyncClient(
-            timeout=self.config.timeout,
-            verify=self.config.checkcert,
-            headers=headers,
-            follow_redirects=False,  # a 3xx is an error, as in Falcosidekick
-        )
+        self._session = http_session(self.config.timeout, self.config.checkcert, headers)
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def send(self, batch: list[Alert]) -> None:
         # One request per alert, in order. If one fails, the error is raised and the queue
         # retries the whole batch, so alerts sent before the failure may arrive twice; that is
         # acceptable because every alert keeps its uuid and receivers can be idempotent on it.
-        if self._client is None:
+        if self._session is None:
             await self.start()
-        for alert in batch:
-            await self._post(alert.to_json())
-
-    async def _post(self, body: bytes) -> None:
-        assert self._client is not None
-        headers: dict[str, str] = {}
+        assert self._session is not None
+        address = self.config.address.get_secret_value()
         secret = self.config.hmacsecret.get_secret_value()
-        if secret:
-            timestamp = str(int(time.time()))
-            headers[TIMESTAMP_HEADER] = timestamp
-            headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
-        try:
-            response = await self._client.request(
-                self.config.method,
-                self.config.address.get_secret_value(),
-                content=body,
-                headers=headers,
-            )
-        except httpx.HTTPError as exc:
-            raise http_errors_as_retryable(self.name, exc) from None
-        except httpx.InvalidURL:
-            raise PermanentError(f"{self.name}: invalid address") from None
-        raise_for_http_status(self.name, response)
+        for alert in batch:
+            body = alert.to_json()
+            headers: dict[str, str] = {}
+            if secret:
+                timestamp = str(int(time.time()))
+                headers[TIMESTAMP_HEADER] = timestamp
+                headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+            await http_request(self.name, self._session, self.config.method, address, body, headers)

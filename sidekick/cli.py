@@ -130,9 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if config.debug:
         logging.getLogger().setLevel(logging.DEBUG)
-    # HTTP client libraries log request URLs, and webhook URLs carry tokens: keep them quiet.
-    for noisy in ("httpx", "httpcore", "hpack"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     import uvloop
 
     return uvloop.run(serve(config))
