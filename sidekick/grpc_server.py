@@ -2,9 +2,11 @@
 
 Publish is a bidirectional stream of batches. Each batch is validated alert by alert (invalid
 ones are reported in the ack, the rest go on), handed to ``accept`` (which stores them durably
-and says which were new), and then acknowledged. Batches are accepted and acked strictly in the
-order they arrived, but the next requests are read and validated while one is being accepted.
-A sender that resends a batch after a reconnect gets its alerts counted as duplicates.
+and says which were new), and then acknowledged. Up to MAX_IN_FLIGHT batches of a stream are
+inside ``accept`` at once (so a group-committing store merges them into one transaction), but
+acks go out strictly in the order the batches arrived, each only once its batch and every
+earlier one are durably accepted. A sender that resends a batch after a reconnect gets its
+alerts counted as duplicates.
 
 Optional mutual TLS (``GrpcTls`` with ``cacertfile``) and an optional bearer token
 (``authorization: Bearer <token>`` metadata on every RPC except the health checks).
@@ -32,8 +34,9 @@ log = logging.getLogger("lanner.grpc")
 
 SERVICE_NAME = "lanner.v1.Hub"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# Batches read and validated ahead of the one being accepted, per Publish stream. Beyond this,
-# the server stops reading and HTTP/2 flow control pushes back on the sender.
+# Batches of one Publish stream inside ``accept`` (or accepted but not yet acked) at once. The
+# server reads and validates one more batch ahead, then stops reading until the oldest is acked,
+# and HTTP/2 flow control pushes back on the sender.
 MAX_IN_FLIGHT = 4
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
@@ -145,7 +148,7 @@ _END = object()
 
 
 class _Batch:
-    __slots__ = ("alerts", "batch_id", "rejected")
+    __slots__ = ("accepting", "alerts", "batch_id", "rejected")
 
     def __init__(
         self, batch_id: int, alerts: list[Alert], rejected: list[lanner_pb2.Rejection]
@@ -153,6 +156,12 @@ class _Batch:
         self.batch_id = batch_id
         self.alerts = alerts
         self.rejected = rejected
+        # How many alerts were new, once accepted; None when there was nothing to accept.
+        self.accepting: asyncio.Task[int] | None = None
+
+
+class _WrongResultCount(Exception):
+    """``accept`` returned a result list that does not match the batch."""
 
 
 def _validate(request: lanner_pb2.PublishRequest) -> _Batch:
@@ -173,80 +182,141 @@ def _validate(request: lanner_pb2.PublishRequest) -> _Batch:
     return _Batch(request.batch_id, alerts, rejected)
 
 
+def _report_unacked_failure(task: asyncio.Task[int]) -> None:
+    """Done-callback for the accepts of batches a stream ended without acking."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("accepting an unacknowledged batch failed: %r", exc)
+
+
 class HubService(lanner_pb2_grpc.HubServicer):
     """``accept`` stores alerts durably and returns, per alert, whether it was new.
 
     ``accept`` is also what offers new alerts to the live feed (the hub does that in one place
     for every ingest, HTTP and gRPC); this service only reads ``broadcaster`` for Subscribe.
+
+    Several batches of one stream may be inside ``accept`` at once (``max_in_flight``), each
+    call started in batch order. If the same uuid is in two of them, exactly one call reports
+    it as new (with the hub's stores, the earlier batch).
     """
 
     def __init__(
         self, accept: Accept, broadcaster: Broadcaster, max_in_flight: int = MAX_IN_FLIGHT
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._accept = accept
         self._broadcaster = broadcaster
         self._max_in_flight = max_in_flight
+        # Accepts still running. Once started, an accept runs to completion even if its stream
+        # ends first (client gone, an earlier batch failed, server stopping): cancelling it
+        # half-way could leave alerts stored but never counted or offered to the live feed.
+        self._accepting: set[asyncio.Task[int]] = set()
+
+    async def _accept_count(self, alerts: list[Alert]) -> int:
+        """Accept a batch's valid alerts; returns how many were new."""
+        fresh = await self._accept(alerts)
+        if len(fresh) != len(alerts):
+            raise _WrongResultCount(f"accept returned {len(fresh)} results for {len(alerts)}")
+        return sum(1 for is_new in fresh if is_new)
+
+    def _start_accept(self, batch: _Batch) -> None:
+        if not batch.alerts:
+            return  # acked like any other batch, in order; accept is not called for nothing
+        task = asyncio.create_task(self._accept_count(batch.alerts))
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+        batch.accepting = task
 
     async def _read(
         self,
         requests: AsyncIterator[lanner_pb2.PublishRequest],
-        pending: asyncio.Queue[object],
+        ready: asyncio.Queue[object],
+        slots: asyncio.Semaphore,
     ) -> None:
-        """Read and validate requests ahead of the acceptor; ends with _END or an exception."""
+        """Read, validate and start accepting requests, in order; ends with _END or an exception.
+
+        Each batch takes a slot before its accept starts; Publish frees it once the batch is
+        acked. So at most ``max_in_flight`` batches are in ``ready`` (accepting or accepted,
+        not yet acked), plus the one validated here while waiting for a slot.
+        """
         try:
             async for request in requests:
-                await pending.put(_validate(request))
+                batch = _validate(request)
+                await slots.acquire()
+                self._start_accept(batch)
+                ready.put_nowait(batch)  # no await since the accept started: ready keeps order
         except Exception as exc:
-            await pending.put(exc)
+            ready.put_nowait(exc)
         else:
-            await pending.put(_END)
+            ready.put_nowait(_END)
 
-    async def _accept_batch(self, batch: _Batch, context: grpc.aio.ServicerContext) -> int:
-        """Accept a batch's valid alerts; returns how many were new. Aborts the call on failure."""
-        alerts = batch.alerts
-        if not alerts:
+    async def _accepted(self, batch: _Batch, context: grpc.aio.ServicerContext) -> int:
+        """How many of the batch's alerts were new, once accepted. Aborts the call on failure."""
+        task = batch.accepting
+        if task is None:
             return 0
         try:
-            fresh = await self._accept(alerts)
+            # Shielded: a cancelled call (client gone, server stopping) must not cancel the
+            # accept itself (see __init__).
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_report_unacked_failure)
+            raise
+        except _WrongResultCount as exc:
+            log.error("batch %d: %s", batch.batch_id, exc)
+            await context.abort(grpc.StatusCode.INTERNAL, "the hub could not store the batch")
         except Exception:
-            log.exception("accepting batch %d (%d alerts) failed", batch.batch_id, len(alerts))
+            log.exception(
+                "accepting batch %d (%d alerts) failed", batch.batch_id, len(batch.alerts)
+            )
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "the hub could not store the batch; resend it"
             )
-        if len(fresh) != len(alerts):
-            log.error("accept returned %d results for %d alerts", len(fresh), len(alerts))
-            await context.abort(grpc.StatusCode.INTERNAL, "the hub could not store the batch")
-        return sum(1 for is_new in fresh if is_new)
+        raise AssertionError("unreachable: context.abort raises")
 
     async def Publish(
         self,
         request_iterator: AsyncIterator[lanner_pb2.PublishRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[lanner_pb2.PublishAck]:
-        pending: asyncio.Queue[object] = asyncio.Queue(maxsize=self._max_in_flight)
-        reader = asyncio.create_task(self._read(request_iterator, pending))
+        # Batches in arrival order, their accepts already started (at most max_in_flight).
+        ready: asyncio.Queue[object] = asyncio.Queue()
+        slots = asyncio.Semaphore(self._max_in_flight)
+        reader = asyncio.create_task(self._read(request_iterator, ready, slots))
         try:
             while True:
-                item = await pending.get()
+                item = await ready.get()
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
-                    # The stream broke (client gone, undecodable message): nothing to ack.
+                    # The stream broke (client gone, undecodable message). Every batch before
+                    # it has been acked; there is nothing more to ack.
                     log.info("publish stream from %s ended: %r", context.peer(), item)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
                 assert isinstance(item, _Batch)
-                accepted = await self._accept_batch(item, context)
-                valid = len(item.alerts)
+                # In order: a batch is acked only after it and all earlier ones were accepted.
+                # If its accept failed, the call ends here with no ack for it or any later
+                # batch, although later batches may already be stored (their accepts ran
+                # concurrently): the sender resends them all, and the hub counts the stored
+                # ones as duplicates (dedup by uuid).
+                accepted = await self._accepted(item, context)
                 yield lanner_pb2.PublishAck(
                     batch_id=item.batch_id,
                     accepted=accepted,
-                    duplicates=valid - accepted,
+                    duplicates=len(item.alerts) - accepted,
                     rejected=item.rejected,
                 )
+                slots.release()
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            # Batches started but never acked: their accepts finish on their own (see
+            # __init__); make sure a failure among them is still logged.
+            while not ready.empty():
+                item = ready.get_nowait()
+                if isinstance(item, _Batch) and item.accepting is not None:
+                    item.accepting.add_done_callback(_report_unacked_failure)
 
     async def Subscribe(
         self, request: lanner_pb2.SubscribeRequest, context: grpc.aio.ServicerContext

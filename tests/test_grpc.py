@@ -22,7 +22,7 @@ from sidekick.grpc_server import GrpcSetupError, GrpcTls, start_grpc_server
 from sidekick.proto import lanner_pb2
 from sidekick.proto.convert import alert_from_proto, alert_to_proto
 from tests.certs import Pki, make_pki
-from tests.grpc_client import ClientTls, HubClient, take
+from tests.grpc_client import ClientTls, HubClient, requests, take
 from tests.support import free_port
 
 EXACT_FIELDS = {
@@ -229,7 +229,7 @@ async def test_round_trip_exact_output_fields() -> None:
         feed.cancel()
 
 
-async def test_acks_in_order_and_reading_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_acks_in_order_and_bounded_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     validated: list[int] = []
     real_validate = grpc_server._validate
 
@@ -240,35 +240,96 @@ async def test_acks_in_order_and_reading_ahead(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(grpc_server, "_validate", spy)
     store = DictStore()
     release = asyncio.Event()
+    started: list[str] = []
     in_accept = 0
     max_in_accept = 0
 
     async def slow_accept(alerts: list[Alert]) -> list[bool]:
         nonlocal in_accept, max_in_accept
+        started.append(alerts[0].uuid)
         in_accept += 1
         max_in_accept = max(max_in_accept, in_accept)
         try:
             if alerts[0].uuid == "uuid-100":
                 await release.wait()  # hold the first batch
             else:
-                await asyncio.sleep(0.001 * (len(store.calls) % 3))
+                await asyncio.sleep(0.001 * (len(started) % 3))
             return await store.accept(alerts)
         finally:
             in_accept -= 1
 
+    limit = grpc_server.MAX_IN_FLIGHT
     async with running_hub(accept=slow_accept) as hub, HubClient(hub.target) as client:
         batches = [[make_alert(100 + 10 * b + i) for i in range(5)] for b in range(20)]
-        publishing = asyncio.create_task(client.publish(batches, first_batch_id=41))
-        # While batch 41 is being accepted, the server keeps reading and validating.
-        await wait_until(lambda: len(validated) >= 4)
-        assert store.calls == []
+        call = client.stub.Publish(iter(requests(batches, first_batch_id=41)))
+        acks: list[lanner_pb2.PublishAck] = []
+
+        async def read_acks() -> None:
+            async for ack in call:
+                acks.append(ack)
+
+        reading = asyncio.create_task(read_acks())
+        # While batch 41 is held, the next ones are accepted alongside it, and one more is read
+        # and validated; then the server stops reading. Nothing is acked before 41.
+        await wait_until(lambda: len(validated) == limit + 1 and len(store.calls) == limit - 1)
+        await asyncio.sleep(0.2)
+        assert len(validated) == limit + 1
+        assert len(started) == limit
+        assert acks == []
         release.set()
-        acks = await publishing
+        await asyncio.wait_for(reading, 10)
     assert [a.batch_id for a in acks] == list(range(41, 61))
     assert all(a.accepted == 5 and a.duplicates == 0 for a in acks)
-    # Accepted one batch at a time, in the order sent.
-    assert max_in_accept == 1
-    assert [uuids[0] for uuids in store.calls] == [f"uuid-{100 + 10 * b}" for b in range(20)]
+    # Accepted several batches at a time, never more than the limit, started in the order sent.
+    assert 2 <= max_in_accept <= limit
+    assert started == [f"uuid-{100 + 10 * b}" for b in range(20)]
+
+
+async def test_batches_overlap_in_accept_and_acks_stay_in_order() -> None:
+    store = DictStore()
+    inside: list[int] = []
+    two_inside = asyncio.Event()
+    second_done = asyncio.Event()
+
+    async def accept(alerts: list[Alert]) -> list[bool]:
+        batch = int(alerts[0].uuid.split("-")[1]) // 10
+        inside.append(batch)
+        if len(inside) == 2:
+            two_inside.set()
+        # Proceeds only once two batches are inside accept together: one at a time would hang.
+        await asyncio.wait_for(two_inside.wait(), 5)
+        if batch == 1:
+            await asyncio.wait_for(second_done.wait(), 5)  # the first batch finishes last
+        fresh = await store.accept(alerts)
+        if batch == 2:
+            second_done.set()
+        return fresh
+
+    async with running_hub(accept=accept) as hub, HubClient(hub.target) as client:
+        batches = [[make_alert(10 * b + i) for i in range(3)] for b in (1, 2, 3)]
+        acks = await client.publish(batches)
+    assert inside[:2] == [1, 2]
+    assert [uuids[0] for uuids in store.calls] == ["uuid-20", "uuid-10", "uuid-30"]
+    assert [(a.batch_id, a.accepted) for a in acks] == [(1, 3), (2, 3), (3, 3)]
+
+
+async def test_a_uuid_in_two_concurrent_batches_is_new_once() -> None:
+    store = DictStore()
+    both_inside = asyncio.Event()
+    calls = 0
+
+    async def accept(alerts: list[Alert]) -> list[bool]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            both_inside.set()
+        await asyncio.wait_for(both_inside.wait(), 5)
+        return await store.accept(alerts)
+
+    async with running_hub(accept=accept) as hub, HubClient(hub.target) as client:
+        acks = await client.publish([[make_alert(1), make_alert(2)], [make_alert(2)]])
+    assert [(a.accepted, a.duplicates) for a in acks] == [(2, 0), (0, 1)]
+    assert sorted(store.alerts) == ["uuid-1", "uuid-2"]
 
 
 async def test_duplicates_are_counted() -> None:
@@ -319,28 +380,59 @@ async def test_empty_and_all_invalid_batches_are_acked() -> None:
 
 
 async def test_accept_failure_fails_the_stream_without_ack() -> None:
-    calls = 0
+    store = DictStore()
+    third_stored = asyncio.Event()
+    failed = False
 
     async def flaky(alerts: list[Alert]) -> list[bool]:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
+        nonlocal failed
+        if alerts[0].uuid == "uuid-2" and not failed:
+            # Fails (once) only after the later batch 3 was stored alongside it.
+            await asyncio.wait_for(third_stored.wait(), 5)
+            failed = True
             raise OSError("disk full")
-        return [True] * len(alerts)
+        fresh = await store.accept(alerts)
+        if alerts[0].uuid == "uuid-3":
+            third_stored.set()
+        return fresh
 
     async with running_hub(accept=flaky) as hub, HubClient(hub.target) as client:
         acks = []
         call = client.stub.Publish(iter(
             lanner_pb2.PublishRequest(batch_id=b, alerts=[alert_to_proto(make_alert(b))])
-            for b in range(1, 4)
+            for b in range(1, 5)
         ))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for ack in call:
                 acks.append(ack.batch_id)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Neither the failed batch nor any later one is acked, though 3 was stored.
         assert acks == [1]
-        # The server is fine: the sender reconnects and resends.
-        assert [a.batch_id for a in await client.publish([[make_alert(2)]], 2)] == [2]
+        assert "uuid-3" in store.alerts
+        # The server is fine: the sender reconnects and resends; 3 is a duplicate.
+        again = await client.publish([[make_alert(b)] for b in (2, 3, 4)], 2)
+        assert [(a.batch_id, a.duplicates) for a in again] == [(2, 0), (3, 1), (4, 0)]
+
+
+async def test_accepts_in_flight_finish_when_the_client_goes_away() -> None:
+    store = DictStore()
+    release = asyncio.Event()
+    entered = 0
+
+    async def held(alerts: list[Alert]) -> list[bool]:
+        nonlocal entered
+        entered += 1
+        await release.wait()
+        return await store.accept(alerts)
+
+    async with running_hub(accept=held) as hub, HubClient(hub.target) as client:
+        call = client.stub.Publish(iter(requests([[make_alert(1)], [make_alert(2)]])))
+        await wait_until(lambda: entered == 2)
+        call.cancel()
+        await asyncio.sleep(0.1)  # the server sees the cancellation
+        release.set()
+        # Not cancelled half-way: both batches are stored (and a resend would be duplicates).
+        await wait_until(lambda: len(store.alerts) == 2)
 
 
 async def test_malformed_stream_does_not_crash_the_server() -> None:
