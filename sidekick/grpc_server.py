@@ -196,7 +196,7 @@ class HubService(lanner_pb2_grpc.HubServicer):
 
     Several batches of one stream may be inside ``accept`` at once (``max_in_flight``), each
     call started in batch order. If the same uuid is in two of them, exactly one call reports
-    it as new (with the hub's stores, the earlier batch).
+    it as new (not necessarily the earlier batch's: that is up to ``accept``).
     """
 
     def __init__(
@@ -298,7 +298,8 @@ class HubService(lanner_pb2_grpc.HubServicer):
                 # If its accept failed, the call ends here with no ack for it or any later
                 # batch, although later batches may already be stored (their accepts ran
                 # concurrently): the sender resends them all, and the hub counts the stored
-                # ones as duplicates (dedup by uuid).
+                # ones as duplicates (dedup by uuid; alerts sent without a uuid got one here
+                # and cannot be recognised, as for any batch whose ack was lost).
                 accepted = await self._accepted(item, context)
                 yield lanner_pb2.PublishAck(
                     batch_id=item.batch_id,

@@ -169,6 +169,101 @@ def test_from_proto_names_the_wrong_field(change: dict[str, object], field_name:
     assert info.value.field == field_name
 
 
+def _from_dict_of(pb: lanner_pb2.Alert) -> Alert:
+    """What alert_from_proto must agree with: Alert.from_dict on the same values."""
+    raw = pb.output_fields_json
+    if not raw:
+        raise AlertError("output_fields", "is required (output_fields_json is empty)")
+    try:
+        fields = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise AlertError("output_fields", f"output_fields_json is not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise AlertError("output_fields", "output_fields_json must be a JSON object")
+    return Alert.from_dict({
+        "uuid": pb.uuid, "output": pb.output, "priority": pb.priority, "rule": pb.rule,
+        "time": pb.time, "output_fields": fields, "source": pb.source, "tags": list(pb.tags),
+        "hostname": pb.hostname,
+    })
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"time": "2024-05-06T07:08:09.123456789z"},
+        {"time": "2024-05-06 07:08:09.123456789Z"},
+        {"time": "2024-05-06t07:08:09.000000000Z"},
+        {"time": "2024-05-06T07:08:09.12345Z"},
+        {"time": "2024-05-06T07:08:09Z"},
+        {"time": "2024-05-06T07:08:09.123456789+02:00"},
+        {"time": "2024-05-06T07:08:09.123456789+24:00"},
+        {"time": "2016-12-31T23:59:60.999999999Z"},  # leap second
+        {"time": "2262-04-11T23:47:16.854775807Z"},  # the last representable ns
+        {"time": "2262-04-11T23:47:16.854775808Z"},
+        {"time": "1969-12-31T23:59:59.999999999Z"},
+        {"time": "2024-02-30T07:08:09.123456789Z"},
+        {"time": "2024-13-06T07:08:09.123456789Z"},
+        {"time": "2024-05-06T24:08:09.123456789Z"},
+        {"time": "2024-05-06T07:08:09.1234567890Z"},
+        {"time": "2024-05-06T07:08:09.12345678xZ"},
+        {"time": "2024-05-06T07:08:09.12345678\u0663Z"},  # a non-ASCII digit
+        {"time": "2024-05-06T07:08:09.12345678\u00b2Z"},  # superscript two
+        {"time": "2024-05-06T07:08:09,123456789Z"},
+        {"time": "2024-05-06T07:08:09.123456789 "},
+        {"time": "\u0662024-05-06T07:08:09.123456789Z"},  # a non-ASCII digit in the date
+        {"time": " 2024-05-06T07:08:09.123456789Z"},
+        {"time": ""},
+        {"priority": "warning"},
+        {"priority": "INFO"},
+        {"priority": " Critical "},
+        {"priority": "iNfO"},
+        {"priority": "Informational\n"},
+        {"priority": "Loud"},
+        {"rule": ""},
+        {"rule": "\t"},
+        {"rule": "", "priority": "Loud"},  # the first wrong field wins
+        {"priority": "Loud", "time": "never"},
+        {"time": "never", "output_fields_json": b'{"a": {}}'},
+        {"output_fields_json": b'{"a": [1, "x", null, true, 2.5]}'},
+        {"output_fields_json": b'{"a": [1, [2]]}'},
+        {"output_fields_json": b'{"a": [{"b": 1}]}'},
+        {"output_fields_json": b'{"a": 1, "b": {"c": 2}}'},
+        {"output_fields_json": b"{}"},
+        {"output_fields_json": b"null"},
+        {"output_fields_json": b'"text"'},
+        {"output_fields_json": b'{"big": 18446744073709551615, "neg": -9223372036854775808}'},
+        {"uuid": "u" * 128},
+        {"uuid": "u" * 129},
+        {"uuid": ""},
+        {"source": ""},
+        {"source": "k8s_audit"},
+        {"tags": ["b", "a", "c"]},
+        {"tags": []},
+        {"hostname": "", "output": ""},
+    ],
+)
+def test_from_proto_agrees_with_from_dict(change: dict[str, object]) -> None:
+    pb = alert_to_proto(make_alert(3))
+    for key, value in change.items():
+        if key == "tags":
+            del pb.tags[:]
+            pb.tags.extend(value)  # type: ignore[arg-type]
+        else:
+            setattr(pb, key, value)
+    try:
+        expected: Alert | tuple[str, str] = _from_dict_of(pb)
+    except AlertError as exc:
+        expected = (exc.field, exc.message)
+    try:
+        got: Alert | tuple[str, str] = alert_from_proto(pb)
+    except AlertError as exc:
+        got = (exc.field, exc.message)
+    assert got == expected
+    if isinstance(got, Alert):  # twice: the second one may come from the per-second cache
+        assert alert_from_proto(pb) == expected
+
+
 def test_from_proto_defaults() -> None:
     pb = alert_to_proto(make_alert(uuid=""))
     pb.source = ""
@@ -309,8 +404,8 @@ async def test_batches_overlap_in_accept_and_acks_stay_in_order() -> None:
         batches = [[make_alert(10 * b + i) for i in range(3)] for b in (1, 2, 3)]
         acks = await client.publish(batches)
     assert inside[:2] == [1, 2]
-    assert [uuids[0] for uuids in store.calls] == ["uuid-20", "uuid-10", "uuid-30"]
-    assert [(a.batch_id, a.accepted) for a in acks] == [(1, 3), (2, 3), (3, 3)]
+    assert store.calls[0][0] == "uuid-20"  # batch 2 was stored first...
+    assert [(a.batch_id, a.accepted) for a in acks] == [(1, 3), (2, 3), (3, 3)]  # ...acked 2nd
 
 
 async def test_a_uuid_in_two_concurrent_batches_is_new_once() -> None:
@@ -411,7 +506,9 @@ async def test_accept_failure_fails_the_stream_without_ack() -> None:
         assert "uuid-3" in store.alerts
         # The server is fine: the sender reconnects and resends; 3 is a duplicate.
         again = await client.publish([[make_alert(b)] for b in (2, 3, 4)], 2)
-        assert [(a.batch_id, a.duplicates) for a in again] == [(2, 0), (3, 1), (4, 0)]
+        assert [(a.batch_id, a.accepted, a.duplicates) for a in again[:2]] == [(2, 1, 0),
+                                                                             (3, 0, 1)]
+        assert again[2].batch_id == 4  # stored with 3 before the stream ended, or not
 
 
 async def test_accepts_in_flight_finish_when_the_client_goes_away() -> None:
