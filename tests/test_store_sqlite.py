@@ -1,4 +1,6 @@
-"""SQLite specifics: what accept() acknowledged survives kill -9; a throughput sanity run."""
+"""SQLite specifics: what accept() acknowledged survives kill -9; leases of a previous process
+are released on open; text search is exactly base.search_text, awkward alerts included; the WAL
+is checkpointed off the commit path and does not grow without bound; a throughput sanity run."""
 
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from sidekick.alert import Alert, Priority, now_ns
-from sidekick.store.base import EventQuery
+from sidekick.store import sqlite as sqlite_store
+from sidekick.store.base import EventQuery, search_text
 from sidekick.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +103,143 @@ async def test_acked_alerts_survive_kill_9(tmp_path: Path) -> None:
         assert event is not None and event.rule == "Kill test" and event.tags == ["t"]
     finally:
         await store.close()
+
+
+async def test_reopen_releases_leases_but_not_retries(tmp_path: Path) -> None:
+    """One file has one owner: a lease still running at open was taken by a process that is
+    gone, so it is due at once; a retry scheduled for later keeps its time."""
+    path = tmp_path / "lanner.db"
+    alerts = [_alert(i) for i in range(3)]
+    first = SqliteStore(path)
+    await first.open()
+    try:
+        assert all(await first.accept([(a, ["slack"]) for a in alerts], 600))
+        leased = await first.lease("slack", 10, 600, 0)  # a 10-minute lease
+        assert [d.alert.uuid for d in leased] == [a.uuid for a in alerts]
+        await first.retry(leased[1], now_ns() + 60 * 10**9, "HTTP 429, Retry-After: 60")
+        # leased[0] and leased[2] are neither completed nor retried: the process stops here
+    finally:
+        await first.close()
+
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        again = await second.lease("slack", 10, 30, 0)
+        assert [d.alert.uuid for d in again] == [alerts[0].uuid, alerts[2].uuid]
+        assert [d.attempts for d in again] == [0, 0]  # a released lease is not a failed attempt
+        assert [d.accepted_ns for d in again] == [leased[0].accepted_ns, leased[2].accepted_ns]
+        assert await second.lease("slack", 10, 30, 0) == []  # the retry is still 60 s ahead
+        assert (await second.queue_stats(["slack"]))["slack"].pending == 3
+    finally:
+        await second.close()
+
+    third = SqliteStore(path)  # the second process's own leases are released in turn
+    await third.open()
+    try:
+        assert [d.alert.uuid for d in await third.lease("slack", 10, 30, 0)] == [
+            alerts[0].uuid, alerts[2].uuid]
+    finally:
+        await third.close()
+
+
+async def test_database_from_before_leased_until(tmp_path: Path) -> None:
+    path = tmp_path / "lanner.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.accept([(_alert(0), ["slack"])], 600)
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE deliveries DROP COLUMN leased_until")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        [d] = await store.lease("slack", 10, 600, 0)
+    finally:
+        await store.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert [x.id for x in await store.lease("slack", 10, 30, 0)] == [d.id]
+    finally:
+        await store.close()
+
+
+# Alerts whose JSON differs from their search text (non-ASCII, escapes, floats JSON writes
+# differently, separators in values) and plain ones: a search finds exactly what search_text
+# contains, whatever an optimisation of the search column does (a JSON search must not drift).
+TRICKY_FIELDS: list[tuple[str, str, dict]] = [
+    ("plain", "Rule plain", {"proc.name": "bash", "n": 42, "ok": True, "z": None}),
+    ("accents", "Règle É", {"user.name": "Émile", "k": "KELVIN \u212a sign"}),
+    ("dotted", "Rule I", {"name": "\u0130stanbul"}),  # lowercases to i + combining dot
+    ("quotes", "Rule q", {"cmd": 'sh -c "echo hi"', "path": "C:\\temp\\x"}),
+    ("controls", "Rule c", {"out": "line1\nline2\ttab", "sep": "a\x1fb"}),
+    ("floats", "Rule f", {"small": 1e-05, "tiny": 1.5e-07, "big": 1e16, "plain": 2.5}),
+    ("inf", "Rule inf", {"x": float("inf")}),
+    ("lists", "Rule l", {"args": ["-o", "Wget-Target", 7, None, False], "e": []}),
+    ("pct", "Rule 100%", {"like": "50% off_sale", "under": "a_b"}),
+]
+NEEDLES = [
+    "bash", "BASH", "42", "true", "false", "none", "null", "priority", "uuid", "output_fields",
+    "É", "é", "émile", "règle", "\u212a", "k", "kelvin", "i\u0307", "\u0130", "istanbul",
+    '"echo', 'echo hi"', "\\temp", "c:\\", "\n", "line1\nline2", "\t", "a\x1fb", "\x1f",
+    "sh\x1f", "1e-05", "0.00001", "e-07", "1.5e-7", "1e+16", "2.5", "inf", "wget-t", "-o",
+    "%", "_", "50%", "off_sale", "a_b", "100%", "rule", "rule plain\x1fbash", "ash\x1f42",
+]
+
+
+async def test_text_search_is_exactly_search_text(tmp_path: Path) -> None:
+    alerts = [
+        Alert(rule=rule, priority=Priority.WARNING, time_ns=1_700_000_000 * 10**9 + i,
+              output_fields=fields, output=f"{name} output {i}", uuid=f"t-{name}")
+        for i, (name, rule, fields) in enumerate(TRICKY_FIELDS)
+    ]
+    store = SqliteStore(tmp_path / "lanner.db")
+    await store.open()
+    try:
+        assert all(await store.accept([(a, []) for a in alerts], 600))
+        for needle in NEEDLES:
+            want = sorted(a.uuid for a in alerts
+                          if needle.lower() in search_text(a.output, a.rule, a.output_fields))
+            page = await store.events(EventQuery(text=needle, limit=100))
+            assert sorted(a.uuid for a in page.events) == want, needle
+            assert (await store.stats(EventQuery(text=needle), 3600)).total == len(want), needle
+        long = "plain output 0" + "x" * 60_000  # longer than a LIKE pattern may be
+        assert (await store.events(EventQuery(text=long))).events == []
+    finally:
+        await store.close()
+
+
+async def test_wal_is_checkpointed_and_restarted_off_the_commit_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_EVERY_S", 0.05)
+    monkeypatch.setattr(sqlite_store, "_WAL_RESTART_BYTES", 2 * 2**20)
+    monkeypatch.setattr(sqlite_store, "_WAL_TRUNCATE_BYTES", 3 * 2**20)
+    path = tmp_path / "lanner.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store._run(
+            lambda: store._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+        deadline = time.monotonic() + 30
+        i = 0
+        while store.checkpoint_stats().restarts < 3 and time.monotonic() < deadline:
+            await store.accept([(_alert(i + k), ["slack"]) for k in range(50)], 600)
+            i += 50
+        stats = store.checkpoint_stats()
+        assert stats.restarts >= 3, stats  # each one: the next commit wrote from the WAL's start
+        assert (await store.queue_stats(["slack"]))["slack"].pending == i
+        # once ingest pauses, a WAL file larger than _WAL_TRUNCATE_BYTES is truncated
+        await store.accept([(_alert(i + k), ["slack"]) for k in range(2000)], 600)
+        while os.stat(f"{path}-wal").st_size > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert os.stat(f"{path}-wal").st_size == 0
+        assert store.checkpoint_stats().truncates >= 1
+    finally:
+        await store.close()
+    assert not os.path.exists(f"{path}-wal") or os.stat(f"{path}-wal").st_size == 0
 
 
 def _alert(i: int) -> Alert:

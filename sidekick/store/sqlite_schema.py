@@ -26,6 +26,12 @@ MAX_BUCKETS = 1000
 
 # WAL + synchronous=NORMAL: a commit is in the OS page cache before accept() returns, so it
 # survives kill -9 of the process (not a power cut), without an fsync per group commit.
+# No auto-checkpoint: it would run inside a commit on the writer thread, and its fsyncs (tens
+# of ms) would hold up every accept, lease and complete queued behind it. The store's
+# checkpoint thread does it instead, on its own connection (CHECKPOINT_PRAGMAS).
+# secure_delete=FAST: some builds (Debian's) default to ON, which writes every page freed by a
+# delete (a drained delivery page) to the WAL again as zeros; FAST still zeroes deleted cells
+# on pages that are written anyway.
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
@@ -34,7 +40,18 @@ PRAGMAS = (
     "PRAGMA cache_size=-65536",
     "PRAGMA mmap_size=268435456",
     "PRAGMA busy_timeout=5000",
-    "PRAGMA wal_autocheckpoint=10000",  # ~40 MB: fewer, larger checkpoints (each fsyncs)
+    "PRAGMA wal_autocheckpoint=0",
+    "PRAGMA secure_delete=FAST",
+)
+
+# The checkpointer fsyncs the WAL before copying it into the database file, and the database
+# file before the WAL may be reused: that ordering is what synchronous=NORMAL promises (a power
+# cut loses at most the last commits, never the database). busy_timeout=0: a RESTART must not
+# wait for readers while it holds the write lock; it is retried at the next round instead.
+CHECKPOINT_PRAGMAS = (
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=0",
+    "PRAGMA wal_autocheckpoint=0",
 )
 
 READER_PRAGMAS = (  # stats use a temporary table, so the reader is not query_only
@@ -103,15 +120,19 @@ CREATE TRIGGER IF NOT EXISTS events_tags_au AFTER UPDATE ON events BEGIN
 END;
 
 -- next_at is the due time; a lease moves it to the lease expiry, so "due or lease expired"
--- is the single range next_at <= now on one index.
+-- is the single range next_at <= now on one index. leased_until tells a lease from a retry
+-- scheduled in the future: set by a lease (to the same expiry), cleared by retry(). Leases
+-- belong to the process that took them, so open() makes those still running due at once.
+-- (Databases from before leased_until get the column added by the store on open.)
 CREATE TABLE IF NOT EXISTS deliveries (
-    id          INTEGER PRIMARY KEY,
-    output      TEXT NOT NULL,
-    alert       BLOB NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    accepted_ns INTEGER NOT NULL,
-    next_at     INTEGER NOT NULL,
-    last_error  TEXT
+    id           INTEGER PRIMARY KEY,
+    output       TEXT NOT NULL,
+    alert        BLOB NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    accepted_ns  INTEGER NOT NULL,
+    next_at      INTEGER NOT NULL,
+    last_error   TEXT,
+    leased_until INTEGER
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (output, next_at);
 CREATE INDEX IF NOT EXISTS deliveries_age ON deliveries (output, accepted_ns);
