@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sidekick.alert import Alert, Priority, now_ns
-from sidekick.store import sqlite as sqlite_store
+from sidekick.store import sqlite_checkpoint
 from sidekick.store.base import EventQuery, search_text
 from sidekick.store.sqlite import SqliteStore
 
@@ -214,9 +214,9 @@ async def test_text_search_is_exactly_search_text(tmp_path: Path) -> None:
 async def test_wal_is_checkpointed_and_restarted_off_the_commit_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_EVERY_S", 0.05)
-    monkeypatch.setattr(sqlite_store, "_WAL_RESTART_BYTES", 2 * 2**20)
-    monkeypatch.setattr(sqlite_store, "_WAL_TRUNCATE_BYTES", 3 * 2**20)
+    monkeypatch.setattr(sqlite_checkpoint, "_CHECKPOINT_EVERY_S", 0.05)
+    monkeypatch.setattr(sqlite_checkpoint, "_WAL_RESTART_BYTES", 2 * 2**20)
+    monkeypatch.setattr(sqlite_checkpoint, "_WAL_TRUNCATE_BYTES", 3 * 2**20)
     path = tmp_path / "lanner.db"
     store = SqliteStore(path)
     await store.open()

@@ -7,7 +7,7 @@ dead letters, queue depths) run on a second thread with its own connection: WAL 
 a consistent snapshot while ingest goes on, so a slow stats query never holds up an ack.
 
 Checkpoints (copying the WAL into the database file, with two fsyncs) run on a third thread
-and connection, never inside a commit; see ``_checkpoint_sync``.
+and connection, never inside a commit (``sqlite_checkpoint``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +40,7 @@ from sidekick.store.base import (
     encode_cursor,
     search_text,
 )
+from sidekick.store.sqlite_checkpoint import Checkpointer, CheckpointStats
 
 T = TypeVar("T")
 
@@ -48,31 +48,6 @@ log = logging.getLogger("lanner.store")
 
 _PRUNE_EVERY_NS = 30 * 10**9
 _RETENTION_CHUNK = 250  # events deleted per transaction (~4 ms); accepts go in between
-
-_CHECKPOINT_EVERY_S = 1.0  # a PASSIVE checkpoint this often
-_WAL_RESTART_BYTES = 64 * 2**20  # past this, the WAL is made to start over from its beginning
-_CATCH_UP_FRAMES = 250  # the writer is held only for a tail this short...
-_CATCH_UP_ROUNDS = 4  # ... which this many PASSIVE checkpoints in a row get down to
-# Starting over reuses the WAL file, which keeps the size a burst gave it (near twice
-# _WAL_RESTART_BYTES at a steady rate). A file larger than this is truncated, but only in a
-# quiet round (at most _QUIET_FRAMES new frames since the previous one): a TRUNCATE holds the
-# writer 40-120 ms (freeing the file's blocks), against about 6 ms for a RESTART.
-_WAL_TRUNCATE_BYTES = 4 * _WAL_RESTART_BYTES
-_QUIET_FRAMES = 256
-
-
-@dataclass(slots=True)
-class CheckpointStats:
-    """What the checkpoint thread did since open (for benchmarks and diagnostics)."""
-
-    passive: int = 0
-    passive_max_s: float = 0.0
-    restarts: int = 0  # RESTART or TRUNCATE checkpoints that let the WAL start over
-    truncates: int = 0  # ... of which TRUNCATE (WAL file back to 0 bytes)
-    restart_busy: int = 0  # ... that a reader kept from completing (retried next round)
-    writer_held_max_s: float = 0.0  # longest time the writer waited for one of them
-    writer_held_total_s: float = 0.0
-
 
 @dataclass(slots=True)
 class _Job:
@@ -88,11 +63,7 @@ class SqliteStore(Store):
         self._conn: sqlite3.Connection | None = None  # used on the worker thread only
         self._reader_pool: ThreadPoolExecutor | None = None
         self._reader: sqlite3.Connection | None = None  # used on the reader thread only
-        self._ckpt_pool: ThreadPoolExecutor | None = None
-        self._ckpt_conn: sqlite3.Connection | None = None  # used on the checkpoint thread only
-        self._ckpt_task: asyncio.Task[None] | None = None
-        self._ckpt = CheckpointStats()
-        self._ckpt_frames = 0  # the WAL's frame count at the previous round
+        self._checkpointer: Checkpointer | None = None
         # Held by each write transaction, and by the checkpointer while it makes the WAL start
         # over: the writer then waits on a lock (woken at once) rather than polling SQLite's
         # busy handler, and the checkpointer never waits for the writer.
@@ -152,27 +123,19 @@ class SqliteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
-        self._ckpt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-ckpt")
         loop = asyncio.get_running_loop()
         try:
             await self._run(self._open_sync)
             self._reader = await loop.run_in_executor(self._reader_pool, self._open_reader)
-            self._ckpt_conn = await loop.run_in_executor(self._ckpt_pool, self._open_checkpointer)
+            self._checkpointer = Checkpointer(self.path, self._gate)
+            await self._checkpointer.start()
         except BaseException:
             await self.close()
             raise
-        self._ckpt = CheckpointStats()
-        self._ckpt_task = asyncio.create_task(self._checkpoint_loop(), name="sqlite-checkpoint")
 
     def _open_reader(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         for pragma in sql.READER_PRAGMAS:
-            conn.execute(pragma)
-        return conn
-
-    def _open_checkpointer(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in sql.CHECKPOINT_PRAGMAS:
             conn.execute(pragma)
         return conn
 
@@ -223,23 +186,14 @@ class SqliteStore(Store):
             return
         while self._flusher is not None:  # acknowledged-or-failed, never dropped
             await asyncio.wait({self._flusher})
-        if self._ckpt_task is not None:
-            self._ckpt_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ckpt_task
-            self._ckpt_task = None
         with contextlib.suppress(Exception):
             await self._run(self._close_sync)
         self._pool.shutdown(wait=True)
         self._pool = None
-        if self._ckpt_pool is not None:
-            if self._ckpt_conn is not None:
-                # no writer any more: empty the WAL here, not in the last close() below
-                with contextlib.suppress(Exception):
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._ckpt_pool, self._close_checkpointer)
-            self._ckpt_pool.shutdown(wait=True)
-            self._ckpt_pool = None
+        if self._checkpointer is not None:
+            # no writer any more: the checkpointer empties the WAL as it closes
+            await self._checkpointer.stop()
+            self._checkpointer = None
         if self._reader_pool is not None:
             self._reader_pool.shutdown(wait=True)  # queries in flight finish first
             self._reader_pool = None
@@ -252,96 +206,8 @@ class SqliteStore(Store):
             self._conn.close()
             self._conn = None
 
-    def _close_checkpointer(self) -> None:
-        conn, self._ckpt_conn = self._ckpt_conn, None
-        if conn is not None:
-            try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            finally:
-                conn.close()
-
-    # --- checkpoints ------------------------------------------------------------------------
-
     def checkpoint_stats(self) -> CheckpointStats:
-        return replace(self._ckpt)
-
-    async def _checkpoint_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(_CHECKPOINT_EVERY_S)
-            try:
-                await loop.run_in_executor(self._ckpt_pool, self._checkpoint_sync)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("SQLite checkpoint failed; will try again")
-
-    def _checkpoint_sync(self) -> None:
-        """One round on the checkpoint thread.
-
-        A PASSIVE checkpoint copies the WAL into the database file (fsyncing both) beside the
-        writer, which goes on committing meanwhile. But the WAL only starts over from its
-        beginning once a checkpoint has copied all of it, which under steady ingest never
-        happens by itself (frames arrive while it fsyncs). So past _WAL_RESTART_BYTES, more
-        PASSIVE rounds copy what arrived during the previous one until that tail is short, the
-        WAL is fsynced, and only then is the writer held at the gate while a RESTART copies the
-        last few frames (two short fsyncs); the next commit writes from the WAL's start. If a
-        reader on an old snapshot is in the way, it is all tried again next round. A WAL file
-        left large by a burst is truncated in a quiet round.
-        """
-        conn = self._ckpt_conn
-        if conn is None:
-            return
-        stats = self._ckpt
-        frames, copied = self._passive(conn)
-        if frames < 0:  # not in WAL mode
-            return
-        arrived = frames - self._ckpt_frames if frames >= self._ckpt_frames else frames
-        self._ckpt_frames = frames
-        wal = f"{self.path}-wal"
-        try:
-            size = os.stat(wal).st_size
-        except FileNotFoundError:
-            return
-        frame_bytes = conn.execute("PRAGMA page_size").fetchone()[0] + 24
-        truncate = size > _WAL_TRUNCATE_BYTES and arrived <= _QUIET_FRAMES
-        if not truncate:
-            if frames * frame_bytes < _WAL_RESTART_BYTES:
-                return
-            for _ in range(_CATCH_UP_ROUNDS):
-                before = frames
-                frames, copied = self._passive(conn)
-                if copied < frames or frames - before <= _CATCH_UP_FRAMES:
-                    break
-            if copied < frames:  # a reader holds an old snapshot: a RESTART would fail too
-                stats.restart_busy += 1
-                return
-            fd = os.open(wal, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)  # what came in during the last PASSIVE, before the gate
-            finally:
-                os.close(fd)
-        mode = "TRUNCATE" if truncate else "RESTART"
-        with self._gate:
-            start = time.perf_counter()
-            ((busy, _, _),) = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-            held = time.perf_counter() - start
-        stats.writer_held_max_s = max(stats.writer_held_max_s, held)
-        stats.writer_held_total_s += held
-        if busy:
-            stats.restart_busy += 1
-        else:
-            stats.restarts += 1
-            stats.truncates += truncate
-            self._ckpt_frames = 0
-
-    def _passive(self, conn: sqlite3.Connection) -> tuple[int, int]:
-        """(frames in the WAL, frames copied) as of the start of a PASSIVE checkpoint."""
-        start = time.perf_counter()
-        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        self._ckpt.passive += 1
-        self._ckpt.passive_max_s = max(self._ckpt.passive_max_s, time.perf_counter() - start)
-        return frames, copied
+        return self._checkpointer.stats() if self._checkpointer else CheckpointStats()
 
     async def ping(self) -> None:
         await self._run(lambda: self._db().execute("SELECT 1").fetchone())
