@@ -25,3 +25,4 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/hub.py
+	$(VENV)/bin/python bench/store.py
