@@ -126,3 +126,29 @@ def test_reference_documents_every_key() -> None:
                     if key not in common and f"`{name}.{key}`" not in doc]
     missing += [key for key in common if f"`{key}`" not in doc]
     assert missing == []
+
+
+def test_cli_check_prints_masked_config_and_flags_win(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WEBHOOK_ADDRESS": "http://h/hunter2", "LISTENPORT": "3000"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sidekick.cli", "sidekick", "--check", "--listenport", "3001"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    shown = json.loads(result.stdout)
+    assert shown["listenport"] == 3001
+    assert shown["outputs"]["webhook"]["address"] == "**********"
+    bad = subprocess.run(
+        [sys.executable, "-m", "sidekick.cli", "sidekick", "--check",
+         "-c", str(write(tmp_path, "listenprot: 1\n"))],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("lanner: configuration error: ")
+    assert "Traceback" not in bad.stderr
