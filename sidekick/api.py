@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Annotated, Any
 
@@ -36,8 +37,8 @@ ALERT_SCHEMA: dict[str, Any] = {
         "time": {
             "type": "string",
             "example": "2026-11-29T10:00:00.123456789Z",
-            "pattern": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d)T([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
-            r"(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$",
+            "pattern": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+            r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$",
         },
         "output_fields": {
             "type": "object",
@@ -60,6 +61,7 @@ ALERT_SCHEMA: dict[str, Any] = {
 
 _NICE_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 10800, 21600, 43200, 86400)
 _MAX_BUCKETS = 200
+_HEALTH_TIMEOUT_S = 2.0
 
 
 class JSONBytes(Response):
@@ -190,8 +192,8 @@ def create_app(hub: Hub) -> HubApp:
     @app.get("/healthz")
     async def healthz() -> Response:
         try:
-            await hub.store.ping()
-        except Exception as exc:
+            await asyncio.wait_for(hub.store.ping(), _HEALTH_TIMEOUT_S)
+        except Exception as exc:  # a store that hangs is as unready as one that fails
             return JSONBytes(
                 {"status": "unavailable", "store": type(exc).__name__}, status_code=503
             )
