@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from sidekick.store.base import Store
 
 log = logging.getLogger("lanner.hub")
 
-_GAUGE_REFRESH_S = 2.0
 
 
 class Hub:
@@ -41,7 +39,7 @@ class Hub:
             name: REGISTRY[name](output_config) for name, output_config in config.outputs.items()
         }
         self._workers: list[OutputWorkers] = []
-        self._background: list[asyncio.Task[None]] = []
+        self._retention: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -51,10 +49,7 @@ class Hub:
             workers = OutputWorkers(output, self.store, self.metrics, self.config.delivery)
             workers.start()
             self._workers.append(workers)
-        self._background = [
-            asyncio.create_task(self._retention_loop(), name="retention"),
-            asyncio.create_task(self._gauge_loop(), name="gauges"),
-        ]
+        self._retention = asyncio.create_task(self._retention_loop(), name="retention")
         if self.config.grpcport:
             self._grpc = await start_grpc_server(
                 self.accept_grpc,
@@ -80,9 +75,9 @@ class Hub:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await asyncio.gather(*(w.stop(self.config.delivery.drain) for w in self._workers))
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._retention is not None:
+            self._retention.cancel()
+            await asyncio.gather(self._retention, return_exceptions=True)
         for output in self.outputs.values():
             await output.close()
         await self.store.close()
@@ -121,13 +116,8 @@ class Hub:
                 log.exception("retention failed; will try again")
             await asyncio.sleep(retention.interval)
 
-    async def _gauge_loop(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                await self.refresh_gauges()
-            await asyncio.sleep(_GAUGE_REFRESH_S)
-
     async def refresh_gauges(self) -> None:
+        """Queue gauges from the store; /metrics calls it, so they are fresh at each scrape."""
         stats = await self.store.queue_stats(list(self.outputs))
         current = now_ns()
         m = self.metrics
