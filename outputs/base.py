@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import abc
 import email.utils
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer, field_validator
 
-from sidekick.alert import Alert, Priority
+from sidekick.alert import Alert, Priority, parse_duration
 
 
 class OutputError(Exception):
@@ -31,6 +35,18 @@ class RetryableError(OutputError):
 
 class PermanentError(OutputError):
     pass
+
+
+class PartialFailure(OutputError):
+    """Some alerts of a batch went through and some did not (SQS ``SendMessageBatch``...).
+
+    ``failures`` maps the uuid of each alert that failed to its error; every other alert of
+    the batch counts as delivered, so only the failed ones are retried or dead-lettered.
+    """
+
+    def __init__(self, output: str, failures: dict[str, RetryableError | PermanentError]) -> None:
+        super().__init__(f"{output}: {len(failures)} alert(s) of the batch failed")
+        self.failures = failures
 
 
 def parse_priority(value: Any) -> Priority | None:
@@ -48,12 +64,17 @@ class OutputConfig(BaseModel):
     # Secret keys are SecretStr (masked in repr and model_dump); errors must not echo input.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
+    # Keys read from the parent section, shared by sibling outputs: `aws.region` (env
+    # AWS_REGION) serves both aws.sqs and aws.s3. A value in the output's own section wins.
+    shared: ClassVar[frozenset[str]] = frozenset()
+
     minimumpriority: Priority | None = None
     rules: list[str] = []  # glob patterns on the rule name; empty means every rule
     sources: list[str] = []  # empty means every source
     tags: list[str] = []  # the alert must carry at least one of them; empty means any
     timeout: float = 10.0
     batchsize: int = 1  # alerts per send() call
+    batchwindow: float = 0.0  # seconds to wait for a batch to fill once its first alert is due
     maxconcurrentrequests: int = 1
     maxattempts: int = 10  # then dead letter
     maxage: float = 86400.0  # seconds since acceptance; then dead letter
@@ -63,9 +84,57 @@ class OutputConfig(BaseModel):
     def _priority(cls, value: Any) -> Priority | None:
         return parse_priority(value)
 
+    @field_validator("timeout", "batchwindow", "maxage", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
     @field_serializer("minimumpriority")
     def _priority_name(self, value: Priority | None) -> str:
         return value.name.lower() if value is not None else ""
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_HEADER_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than tab
+
+
+def pairs_from_text(value: Any) -> Any:
+    """Falcosidekick's ``k:v,k2:v2`` form of a map, as YAML text; the first colon of a pair
+    separates, so values may contain colons. Anything but a string is returned as is."""
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        key, sep, item = pair.partition(":")
+        if not sep:
+            raise ValueError(f"{pair[:64]!r} is not key:value")
+        pairs[key.strip()] = item.strip()
+    return pairs
+
+
+def check_headers(headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    """Custom HTTP headers: valid names, no control characters in values (header injection)."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name[:64]!r} is not a valid header name")
+        if _HEADER_BAD.search(value.get_secret_value()):
+            raise ValueError(f"the value of {name!r} contains control characters")
+    return headers
+
+
+class HttpOutputConfig(OutputConfig):
+    """Keys of the outputs that speak HTTP, as Falcosidekick names them."""
+
+    checkcert: bool = True  # verify the server's certificate
+    mutualtls: bool = False
+
+    @field_validator("mutualtls")
+    @classmethod
+    def _mutual_tls(cls, value: bool) -> bool:
+        # Accepted so Falcosidekick configs carrying `mutualtls: false` load unchanged.
+        if value:
+            raise ValueError("client certificates to outputs are not supported yet; set false")
+        return value
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -110,6 +179,38 @@ def http_session(
     )
 
 
+def check_url(text: str) -> str:
+    """``text`` stripped; "" or an http(s) URL with a host. The error never echoes the URL
+    (webhook URLs carry their token)."""
+    text = text.strip()
+    if not text:
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
+
+@contextmanager
+def transport_errors(output: str) -> Iterator[None]:
+    """Client-side failures as delivery errors: connection failures and timeouts retryable, a
+    malformed address permanent. The messages name the kind of failure, never the URL."""
+    try:
+        yield
+    except aiohttp.InvalidURL:
+        raise PermanentError(f"{output}: invalid address") from None
+    except TimeoutError:
+        raise RetryableError(f"{output}: timeout") from None
+    except aiohttp.ClientConnectionError:
+        raise RetryableError(f"{output}: connection failed") from None
+    except aiohttp.ClientError as exc:
+        raise RetryableError(f"{output}: {type(exc).__name__}") from None
+
+
 async def http_request(
     output: str,
     session: aiohttp.ClientSession,
@@ -123,31 +224,29 @@ async def http_request(
     Connection failures and timeouts are retryable. Redirects are not followed (a 3xx is an
     error, as in Falcosidekick). Messages name the kind of failure, never the URL.
     """
-    try:
+    with transport_errors(output):
         async with session.request(
             method, url, data=body, headers=headers, allow_redirects=False
         ) as response:
             content = await response.read()
             raise_for_http_status(output, response.status, response.headers.get("Retry-After"))
             return content
-    except aiohttp.InvalidURL:
-        raise PermanentError(f"{output}: invalid address") from None
-    except TimeoutError:
-        raise RetryableError(f"{output}: timeout") from None
-    except aiohttp.ClientConnectionError:
-        raise RetryableError(f"{output}: connection failed") from None
-    except aiohttp.ClientError as exc:
-        raise RetryableError(f"{output}: {type(exc).__name__}") from None
 
 
 class Output(abc.ABC):
     """One configured destination. Subclasses set ``name`` and ``Config``."""
 
-    name: ClassVar[str]  # the config key and the metrics `destination` label, e.g. "webhook"
+    name: ClassVar[str]  # the metrics `destination` label and the name in the API, e.g. "awssqs"
+    path: ClassVar[tuple[str, ...]]  # the config key path: ("aws", "sqs") is aws.sqs / AWS_SQS_*
     Config: ClassVar[type[OutputConfig]]
 
-    def __init__(self, config: OutputConfig) -> None:
+    def __init__(self, config: OutputConfig, public_url: str = "") -> None:
         self.config = config
+        self.public_url = public_url  # the hub as users reach it, without a trailing slash
+
+    def event_url(self, alert: Alert) -> str:
+        """The event's page in the hub's UI."""
+        return f"{self.public_url}/ui/?event={alert.uuid}"
 
     @classmethod
     @abc.abstractmethod
@@ -162,3 +261,33 @@ class Output(abc.ABC):
 
     @abc.abstractmethod
     async def send(self, batch: list[Alert]) -> None: ...
+
+
+class HttpOutput(Output):
+    """An output over HTTP: one aiohttp session, opened at start and reused by every send."""
+
+    config: HttpOutputConfig
+
+    def __init__(self, config: HttpOutputConfig, public_url: str = "") -> None:
+        super().__init__(config, public_url)
+        self._session: aiohttp.ClientSession | None = None
+
+    def session_headers(self) -> dict[str, str]:
+        """Headers sent with every request (after User-Agent, which they may override)."""
+        return {}
+
+    async def start(self) -> None:
+        self.session()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def session(self) -> aiohttp.ClientSession:
+        """The output's session, opened on first use (sends may come before start())."""
+        if self._session is None:
+            self._session = http_session(
+                self.config.timeout, self.config.checkcert, self.session_headers()
+            )
+        return self._session

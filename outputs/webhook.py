@@ -33,23 +33,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import time
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
-import aiohttp
 from pydantic import SecretStr, field_validator
 
-from outputs.base import Output, OutputConfig, http_request, http_session
+from outputs.base import (
+    HttpOutput,
+    HttpOutputConfig,
+    OutputConfig,
+    check_headers,
+    check_url,
+    http_request,
+    pairs_from_text,
+)
 from sidekick.alert import Alert
 
 CONTENT_TYPE = "application/json; charset=utf-8"
 SIGNATURE_HEADER = "X-Lanner-Signature"
 TIMESTAMP_HEADER = "X-Lanner-Timestamp"
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 header field name
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than tab
 
 
 def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
@@ -59,25 +62,16 @@ def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-class WebhookConfig(OutputConfig):
+class WebhookConfig(HttpOutputConfig):
     address: SecretStr = SecretStr("")
     method: Literal["POST", "PUT"] = "POST"
     customheaders: dict[str, SecretStr] = {}
-    checkcert: bool = True
     hmacsecret: SecretStr = SecretStr("")
 
     @field_validator("address")
     @classmethod
     def _address(cls, value: SecretStr) -> SecretStr:
-        text = value.get_secret_value().strip()
-        if text:
-            try:
-                parts = urlsplit(text)
-            except ValueError:
-                raise ValueError("must be an http:// or https:// URL") from None
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// URL")
-        return SecretStr(text)
+        return SecretStr(check_url(value.get_secret_value()))
 
     @field_validator("method", mode="before")
     @classmethod
@@ -91,65 +85,37 @@ class WebhookConfig(OutputConfig):
 
     @field_validator("customheaders", mode="before")
     @classmethod
-    def _headers_from_env(cls, value: Any) -> Any:
-        """Falcosidekick's env form ``k:v,k2:v2``; the first colon of a pair separates."""
-        if not isinstance(value, str):
-            return value
-        headers: dict[str, str] = {}
-        for pair in value.split(","):
-            if not pair.strip():
-                continue
-            name, sep, item = pair.partition(":")
-            if not sep:
-                raise ValueError("each header must be written name:value")
-            headers[name.strip()] = item.strip()
-        return headers
+    def _headers_from_text(cls, value: Any) -> Any:
+        return pairs_from_text(value)
 
     @field_validator("customheaders")
     @classmethod
     def _headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name, item in value.items():
-            if not _TOKEN.fullmatch(name):
-                raise ValueError(f"{name[:64]!r} is not a valid header name")
-            if _BAD_VALUE.search(item.get_secret_value()):
-                raise ValueError(f"the value of {name!r} contains control characters")
-        return value
+        return check_headers(value)
 
 
-class WebhookOutput(Output):
+class WebhookOutput(HttpOutput):
     name: ClassVar[str] = "webhook"
+    path: ClassVar[tuple[str, ...]] = ("webhook",)
     Config: ClassVar[type[OutputConfig]] = WebhookConfig
 
     config: WebhookConfig
-
-    def __init__(self, config: WebhookConfig) -> None:
-        super().__init__(config)
-        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def enabled(cls, config: OutputConfig) -> bool:
         return isinstance(config, WebhookConfig) and bool(config.address.get_secret_value())
 
-    async def start(self) -> None:
-        if self._session is not None:
-            return
+    def session_headers(self) -> dict[str, str]:
         headers = {"Content-Type": CONTENT_TYPE}
         for name, value in self.config.customheaders.items():
             headers[name] = value.get_secret_value()
-        self._session = http_session(self.config.timeout, self.config.checkcert, headers)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        return headers
 
     async def send(self, batch: list[Alert]) -> None:
         # One request per alert, in order. If one fails, the error is raised and the queue
         # retries the whole batch, so alerts sent before the failure may arrive twice; that is
         # acceptable because every alert keeps its uuid and receivers can be idempotent on it.
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        session = self.session()
         address = self.config.address.get_secret_value()
         secret = self.config.hmacsecret.get_secret_value()
         for alert in batch:
@@ -159,4 +125,4 @@ class WebhookOutput(Output):
                 timestamp = str(int(time.time()))
                 headers[TIMESTAMP_HEADER] = timestamp
                 headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
-            await http_request(self.name, self._session, self.config.method, address, body, headers)
+            await http_request(self.name, session, self.config.method, address, body, headers)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server wrk python3-venv)
+APT_PACKAGES=(redis-server wrk python3-venv prometheus-alertmanager)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

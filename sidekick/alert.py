@@ -228,3 +228,19 @@ class Alert:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or ``500ms``, ``30s``, ``10m``, ``2h``, ``7d``, ``1w``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 10m or 7d")
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a duration such as 30s, 10m or 7d")
+    return float(m.group(1)) * _UNITS[m.group(2)]

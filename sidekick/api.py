@@ -13,8 +13,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 
-from sidekick.alert import TEST_RULE, Alert, Priority, now_ns, parse_time_ns
-from sidekick.config import parse_duration, redacted
+from sidekick.alert import TEST_RULE, Alert, Priority, now_ns, parse_duration, parse_time_ns
+from sidekick.config import redacted
 from sidekick.http_ingest import INGEST_RESPONSES, HubApp
 from sidekick.hub import Hub
 from sidekick.store.base import EventQuery

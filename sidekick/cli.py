@@ -100,12 +100,13 @@ async def serve(config: HubConfig) -> int:
 
 def _safe_error(exc: Exception) -> str:
     """A start-up failure in one line. Client exceptions can embed URLs with credentials, so
-    only messages we wrote ourselves, or OS errors, are shown whole."""
+    only messages we wrote ourselves (outputs' never hold secrets), or OS errors, are whole."""
     from redis.exceptions import RedisError
 
+    from outputs.base import OutputError
     from sidekick.grpc_server import GrpcSetupError
 
-    if isinstance(exc, GrpcSetupError | OSError):
+    if isinstance(exc, GrpcSetupError | OutputError | OSError):
         return str(exc)
     if isinstance(exc, RedisError):
         return f"cannot use Redis ({type(exc).__name__}); check redis.url and that it is up"

@@ -28,26 +28,11 @@ from pydantic import (
 
 from outputs import REGISTRY
 from outputs.base import OutputConfig
+from sidekick.alert import parse_duration
 
 
 class ConfigError(Exception):
     """A user-caused configuration problem; the message names the file/key/env variable."""
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or ``500ms``, ``30s``, ``10m``, ``2h``, ``7d``, ``1w``."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 30s, 10m or 7d")
-    if isinstance(value, int | float):
-        return float(value)
-    m = _DURATION.fullmatch(str(value).strip())
-    if not m:
-        raise ValueError(f"{value!r} is not a duration such as 30s, 10m or 7d")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 class _Section(BaseModel):
@@ -98,6 +83,9 @@ class HubConfig(_Durations):
     datadir: str = "data"
     store: Literal["sqlite", "redis"] = "sqlite"
     replica: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # The hub's address as users reach it, for links to events in alerts (Alertmanager's
+    # generatorURL); empty: http://<hostname>:<listenport>.
+    publicurl: str = ""
     dedupwindow: float = 600.0
     bodylimit: int = Field(1 << 20, ge=1024)
     customfields: dict[str, str] = {}
@@ -107,6 +95,17 @@ class HubConfig(_Durations):
     retention: RetentionConfig = RetentionConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     outputs: dict[str, SerializeAsAny[OutputConfig]] = {}  # the enabled output sections
+
+    @field_validator("publicurl")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// URL with no query")
+        return value
+
+    def public_url(self) -> str:
+        return self.publicurl or f"http://{socket.gethostname()}:{self.listenport}"
 
 
 def _env_name(path: tuple[str, ...]) -> str:
@@ -144,7 +143,9 @@ def _apply_env(
     path: tuple[str, ...],
     env: Mapping[str, str],
     origins: dict[tuple[str, ...], str],
+    shared: frozenset[str] = frozenset(),
 ) -> None:
+    """Env values over ``data``; the ``shared`` keys are named after the parent path."""
     for name, info in model.model_fields.items():
         if name == "outputs" and model is HubConfig:
             continue
@@ -156,13 +157,13 @@ def _apply_env(
             if section:
                 data[name] = section
             continue
-        env_name = _env_name((*path, name))
+        env_name = _env_name((*(path[:-1] if name in shared else path), name))
         if env_name in env:
             try:
                 data[name] = _parse_env(env[env_name], info.annotation)
             except ValueError as exc:
                 raise ConfigError(f"env {env_name}: {exc}") from None
-            origins[(*path, name)] = f"env {env_name}"
+            origins[(*(path[:-1] if name in shared else path), name)] = f"env {env_name}"
 
 
 def _yaml_line(node: yaml.Node | None, path: tuple[str, ...]) -> int | None:
@@ -200,9 +201,36 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     return data, node
 
 
-def _unknown_key(key: str, known: list[str]) -> str:
+def _unknown_key(key: str, known: list[str], parent: tuple[str, ...] = ()) -> str:
     near = difflib.get_close_matches(key, known, n=1)
-    return f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+    named = ".".join((*parent, key))
+    return f"unknown key {named!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+
+
+def _output_groups() -> dict[tuple[str, ...], set[str]]:
+    """The keys each enclosing section may hold: ``aws`` -> {sqs, s3, region, ...}."""
+    groups: dict[tuple[str, ...], set[str]] = {}
+    for output in REGISTRY.values():
+        for depth in range(1, len(output.path)):
+            keys = groups.setdefault(output.path[:depth], set())
+            keys.add(output.path[depth])
+            if depth == len(output.path) - 1:
+                keys.update(output.Config.shared)
+    return groups
+
+
+def _mapping_at(
+    data: dict[str, Any], path: tuple[str, ...], where: str, node: yaml.Node | None
+) -> dict[str, Any]:
+    section: Any = data
+    for depth, key in enumerate(path, 1):
+        section = section.get(key) or {}
+        if not isinstance(section, dict):
+            line = _yaml_line(node, path[:depth])
+            raise ConfigError(
+                f"{where}{f':{line}' if line else ''}: {'.'.join(path[:depth])} must be a mapping"
+            )
+    return section
 
 
 def load_config(
@@ -217,13 +245,14 @@ def load_config(
     origins: dict[tuple[str, ...], str] = {}
 
     hub_keys = [k for k in HubConfig.model_fields if k != "outputs"]
-    known = hub_keys + list(REGISTRY)
-    for key in data:
-        if key not in known:
-            line = _yaml_line(node, (str(key),))
-            raise ConfigError(
-                f"{where}{f':{line}' if line else ''}: {_unknown_key(str(key), known)}"
-            )
+    groups = _output_groups()
+    known = hub_keys + sorted({output.path[0] for output in REGISTRY.values()})
+    for keys, parent in [(known, ())] + [(sorted(v), k) for k, v in groups.items()]:
+        for key in _mapping_at(data, parent, where, node):
+            if key not in keys:
+                line = _yaml_line(node, (*parent, str(key)))
+                message = _unknown_key(str(key), keys, parent)
+                raise ConfigError(f"{where}{f':{line}' if line else ''}: {message}")
 
     hub_data = {k: data[k] for k in hub_keys if k in data}
     _apply_env(hub_data, HubConfig, (), env, origins)
@@ -240,15 +269,19 @@ def load_config(
 
     outputs: dict[str, OutputConfig] = {}
     for name, output in REGISTRY.items():
-        section = data.get(name) or {}
-        if not isinstance(section, dict):
-            raise ConfigError(f"{where}: {name} must be a mapping")
-        section = dict(section)
-        _apply_env(section, output.Config, (name,), env, origins)
+        parent = _mapping_at(data, output.path[:-1], where, node)
+        section = dict(_mapping_at(data, output.path, where, node))
+        shared = output.Config.shared
+        inherited = {key for key in shared if key in parent and key not in section}
+        section.update({key: parent[key] for key in inherited})
+        _apply_env(section, output.Config, output.path, env, origins, shared)
+        inherited |= {key for key in shared if (*output.path[:-1], key) in origins}
         try:
             config = output.Config(**section)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, (name,), where, node, origins)) from None
+            raise ConfigError(
+                _describe(exc, output.path, where, node, origins, frozenset(inherited))
+            ) from None
         if output.enabled(config):
             outputs[name] = config
     try:
@@ -265,10 +298,17 @@ def _describe(
     where: str,
     node: yaml.Node | None,
     origins: dict[tuple[str, ...], str],
+    inherited: frozenset[str] = frozenset(),
 ) -> str:
-    """The first validation error as `file:line: key: message` (or `env NAME: ...`)."""
+    """The first validation error as `file:line: key: message` (or `env NAME: ...`).
+
+    ``inherited`` are the output's shared keys whose value came from the parent section:
+    they are named there (``aws.region``, not ``aws.sqs.region``).
+    """
     err = exc.errors()[0]
-    path = (*prefix, *(str(p) for p in err["loc"]))
+    loc = tuple(str(p) for p in err["loc"])
+    in_parent = bool(loc) and loc[0] in inherited
+    path = (*(prefix[:-1] if in_parent else prefix), *loc)
     key = ".".join(path)
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":

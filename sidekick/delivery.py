@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
-from outputs.base import Output, PermanentError, RetryableError
+from outputs.base import Output, PartialFailure, PermanentError, RetryableError
 from sidekick.alert import now_ns
 from sidekick.config import DeliveryConfig
 from sidekick.metrics import Metrics
@@ -46,7 +47,11 @@ class OutputWorkers:
         self.name = output.name
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._lease_s = self.config.timeout * self.config.batchsize + settings.leasemargin
+        self._lease_s = (
+            self.config.timeout * self.config.batchsize
+            + self.config.batchwindow
+            + settings.leasemargin
+        )
 
     def start(self) -> None:
         self._tasks = [
@@ -79,7 +84,23 @@ class OutputWorkers:
                 await asyncio.sleep(1.0)
                 continue
             if batch:
+                await self._fill(batch)
                 await self._deliver(batch)
+
+    async def _fill(self, batch: list[Delivery]) -> None:
+        """Lease more for up to ``batchwindow`` seconds, until the batch is full."""
+        deadline = time.monotonic() + self.config.batchwindow
+        while len(batch) < self.config.batchsize and not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                batch += await self.store.lease(
+                    self.name, self.config.batchsize - len(batch), self._lease_s, min(left, _POLL_S)
+                )
+            except Exception:
+                log.exception("output %s: cannot read its queue; sending what it has", self.name)
+                return
 
     async def _deliver(self, batch: list[Delivery]) -> None:
         try:
@@ -94,16 +115,34 @@ class OutputWorkers:
         except PermanentError as exc:
             await self._failed(batch, str(exc), None, permanent=True)
             return
+        except PartialFailure as exc:
+            await self._partly_failed(batch, exc)
+            return
         except Exception as exc:  # a bug in an output must not lose the alert
             log.exception("output %s: unexpected error", self.name)
             reason = f"{self.name}: internal error {type(exc).__name__}"
             await self._failed(batch, reason, None, permanent=False)
             return
+        await self._succeeded(batch)
+
+    async def _succeeded(self, batch: list[Delivery]) -> None:
         await self.store.complete(batch)
         now = now_ns()
         self.metrics.outputs.labels(self.name, "ok").inc(len(batch))
         for delivery in batch:
             self.metrics.latency.labels(self.name).observe((now - delivery.accepted_ns) / 1e9)
+
+    async def _partly_failed(self, batch: list[Delivery], exc: PartialFailure) -> None:
+        delivered = [d for d in batch if d.alert.uuid not in exc.failures]
+        if delivered:
+            await self._succeeded(delivered)
+        for delivery in batch:
+            error = exc.failures.get(delivery.alert.uuid)
+            if error is not None:
+                retry_after = error.retry_after if isinstance(error, RetryableError) else None
+                await self._failed(
+                    [delivery], str(error), retry_after, isinstance(error, PermanentError)
+                )
 
     async def _failed(
         self, batch: list[Delivery], reason: str, retry_after: float | None, permanent: bool

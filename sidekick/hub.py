@@ -36,7 +36,8 @@ class Hub:
         self.metrics = Metrics()
         self.broadcaster = Broadcaster()
         self.outputs: dict[str, Output] = {
-            name: REGISTRY[name](output_config) for name, output_config in config.outputs.items()
+            name: REGISTRY[name](output_config, config.public_url())
+            for name, output_config in config.outputs.items()
         }
         self._workers: list[OutputWorkers] = []
         self._retention: asyncio.Task[None] | None = None

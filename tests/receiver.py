@@ -16,6 +16,14 @@ Which answer a request gets, first match wins: the responder (if set and it retu
 then ``fail_until`` while its deadline is in the future, then the queued ``times=N`` replies
 in order, then the default (200 with an empty JSON object unless changed).
 
+Forwarding: ``Receiver(forward_to="http://127.0.0.1:PORT")`` puts the receiver in front of a
+real service (moto, for the AWS outputs). A request that the responder, ``fail_until`` and the
+plan leave unanswered is proxied there and the service's answer returned, so a test can inject
+429/503 answers in front of a real backend. ``set_middleware(fn)`` intercepts forwarded
+requests: ``await fn(request, forward)`` returns the Reply, where ``await forward(body)`` sends
+``body`` (the original or a rewritten one) upstream and returns its answer as a Reply. The
+recorded status of a forwarded request is the upstream's (0 while it is in flight).
+
 It runs uvicorn (httptools, uvloop when available) on its own event loop, so delays do not
 block other requests. It answers ~30,000 keep-alive requests/s from a raw client; an httpx
 client is the bottleneck (~1,000 requests/s per process, slower with many connections).
@@ -28,12 +36,14 @@ import collections
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 import uvicorn
+import yarl
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +74,19 @@ class Request:
         return 200 <= self.status < 300
 
 
+Forward = Callable[[bytes], Awaitable[Reply]]
+Middleware = Callable[[Request, Forward], Awaitable[Reply]]
+
+# Hop-by-hop or recomputed headers, never copied between the client and the upstream.
+_NOT_FORWARDED = frozenset(
+    {"host", "content-length", "connection", "transfer-encoding", "expect", "keep-alive"}
+)
+
+
 class Receiver:
-    def __init__(self, default: Reply | None = None, *, delay: float = 0.0) -> None:
+    def __init__(
+        self, default: Reply | None = None, *, delay: float = 0.0, forward_to: str = ""
+    ) -> None:
         self._lock = threading.Condition()
         self._requests: list[Request] = []
         self._plan: collections.deque[list[Any]] = collections.deque()  # [Reply, remaining]
@@ -74,6 +95,8 @@ class Receiver:
         self._fail_deadline = 0.0
         self._fail_reply = Reply(503)
         self._responder: Callable[[Request], Reply | None] | None = None
+        self._forward_to = forward_to.rstrip("/")
+        self._middleware: Middleware | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -174,6 +197,11 @@ class Receiver:
         with self._lock:
             self._responder = responder
 
+    def set_middleware(self, middleware: Middleware | None) -> None:
+        """Intercept forwarded requests (see the module docstring); None: forward as is."""
+        with self._lock:
+            self._middleware = middleware
+
     @property
     def delay(self) -> float:
         return self._delay
@@ -195,8 +223,10 @@ class Receiver:
             self._delay = 0.0
             self._fail_deadline = 0.0
             self._responder = None
+            self._middleware = None
 
-    def _choose(self, request: Request) -> Reply:
+    def _choose(self, request: Request) -> Reply | None:
+        """The answer, or None when the request is to be forwarded."""
         responder = self._responder
         if responder is not None:
             reply = responder(request)
@@ -210,7 +240,7 @@ class Receiver:
             if entry[1] <= 0:
                 self._plan.popleft()
             return entry[0]
-        return self._default
+        return None if self._forward_to else self._default
 
     # -- recorded requests -----------------------------------------------------------------
 
@@ -284,10 +314,18 @@ class Receiver:
             status=0,
         )
         with self._lock:
-            reply = self._choose(request)
-            request.status = reply.status
+            chosen = self._choose(request)
+            request.status = chosen.status if chosen is not None else 0
             self._requests.append(request)
             self._lock.notify_all()
+            middleware = self._middleware
+        if chosen is None:
+            reply = await self._forward(request, scope.get("raw_path") or b"", middleware)
+            with self._lock:
+                request.status = reply.status
+                self._lock.notify_all()
+        else:
+            reply = chosen
         if reply.delay > 0:
             await asyncio.sleep(reply.delay)
         out_headers = [
@@ -299,6 +337,33 @@ class Receiver:
             out_headers.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": reply.body})
+
+    async def _forward(
+        self, request: Request, raw_path: bytes, middleware: Middleware | None
+    ) -> Reply:
+        headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
+        # The path as the client encoded it: S3 keys must reach the upstream byte for byte.
+        path = raw_path.decode("latin-1") or request.path
+        url = yarl.URL(
+            self._forward_to + path + (f"?{request.query}" if request.query else ""), encoded=True
+        )
+
+        async def forward(body: bytes) -> Reply:
+            # A session per request: the receiver's loop has no shutdown hook to close one.
+            # auto_decompress off: a gzip'd object must reach the client as stored.
+            async with (
+                aiohttp.ClientSession(auto_decompress=False) as session,
+                session.request(request.method, url, data=body, headers=headers) as answer,
+            ):
+                content = await answer.read()
+                kept = {
+                    k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED
+                }
+                return Reply(answer.status, kept, content)
+
+        if middleware is not None:
+            return await middleware(request, forward)
+        return await forward(request.body)
 
 
 def _body(body: bytes | str | Any) -> bytes:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sidekick.alert import Priority
-from sidekick.config import ConfigError, load_config, parse_duration, redacted
+from sidekick.alert import Priority, parse_duration
+from sidekick.config import ConfigError, load_config, redacted
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -43,6 +43,19 @@ retention: {maxage: 2d}
     assert webhook.minimumpriority is Priority.ERROR
 
 
+def test_falcosidekick_mutualtls_false_is_accepted() -> None:
+    config = load_config(None, env={"ALERTMANAGER_HOSTPORT": "http://am:9093",
+                                    "ALERTMANAGER_MUTUALTLS": "false"})
+    assert config.outputs["alertmanager"].mutualtls is False
+
+
+def test_output_durations_take_units() -> None:
+    env = {"WEBHOOK_ADDRESS": "http://127.0.0.1:9/", "WEBHOOK_TIMEOUT": "500ms",
+           "WEBHOOK_BATCHWINDOW": "2s", "WEBHOOK_MAXAGE": "2d"}
+    webhook = load_config(None, env=env).outputs["webhook"]
+    assert (webhook.timeout, webhook.batchwindow, webhook.maxage) == (0.5, 2, 2 * 86400)
+
+
 def test_env_alone_enables_an_output() -> None:
     env = {"WEBHOOK_ADDRESS": "http://127.0.0.1:9/", "WEBHOOK_CUSTOMHEADERS": "X-A:1,X-B:a:b"}
     config = load_config(None, env=env)
@@ -67,6 +80,8 @@ def test_env_alone_enables_an_output() -> None:
          "env WEBHOOK_MINIMUMPRIORITY: unknown priority 'loud'"),
         ("", {"CUSTOMFIELDS": "novalue"}, "env CUSTOMFIELDS: 'novalue' is not key:value"),
         ("store: mongo\n", {}, "config.yaml:1: store: Input should be 'sqlite' or 'redis'"),
+        ("slack:\n  webhookurl: http://x\n  mutualtls: true\n", {},
+         "config.yaml:3: slack.mutualtls: client certificates to outputs are not supported"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict, message: str) -> None:
@@ -114,16 +129,24 @@ def _env_names(model: type, path: tuple[str, ...] = ()) -> list[str]:
 
 
 def test_reference_documents_every_key() -> None:
+    """Every key and env name is in docs/configuration.md or its output's page."""
     from outputs import REGISTRY
     from outputs.base import OutputConfig
     from sidekick.config import HubConfig
 
-    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    docs = Path(__file__).parent.parent / "docs"
+    doc = (docs / "configuration.md").read_text()
     missing = [env for env in _env_names(HubConfig) if f"`{env}`" not in doc]
     common = set(OutputConfig.model_fields)
-    for name, output in REGISTRY.items():
-        missing += [f"{name}.{key}" for key in output.Config.model_fields
-                    if key not in common and f"`{name}.{key}`" not in doc]
+    for output in REGISTRY.values():
+        page = docs / "outputs" / f"{output.name}.md"
+        text = page.read_text() if page.exists() else ""
+        for key in set(output.Config.model_fields) - common:
+            path = output.path[:-1] if key in output.Config.shared else output.path
+            dotted, env = ".".join((*path, key)), "_".join((*path, key)).upper()
+            missing += [name for name in (dotted, env) if f"`{name}`" not in text]
+        if f"(outputs/{output.name}.md)" not in doc:
+            missing.append(f"link to outputs/{output.name}.md")
     missing += [key for key in common if f"`{key}`" not in doc]
     assert missing == []
 
@@ -152,3 +175,65 @@ def test_cli_check_prints_masked_config_and_flags_win(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("lanner: configuration error: ")
     assert "Traceback" not in bad.stderr
+
+
+def test_nested_output_sections_share_their_parent_keys(tmp_path: Path) -> None:
+    """`aws.region` serves aws.sqs and aws.s3; env AWS_REGION overrides it for both."""
+    path = write(tmp_path, """
+aws:
+  region: eu-west-1
+  sqs: {url: "https://sqs.eu-west-1.amazonaws.com/1/q"}
+  s3: {bucket: alerts, region: us-east-2}
+gcp:
+  pubsub: {projectid: p, topic: t}
+""")
+    config = load_config(path, env={})
+    assert config.outputs["awssqs"].region == "eu-west-1"
+    assert config.outputs["awss3"].region == "us-east-2"  # its own section wins
+    assert "gcppubsub" in config.outputs
+    config = load_config(path, env={"AWS_REGION": "ap-south-1", "AWS_S3_BUCKET": "other"})
+    assert config.outputs["awssqs"].region == "ap-south-1"
+    assert config.outputs["awss3"].bucket == "other"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("aws:\n  sns: {topicarn: x}\n", "config.yaml:2: unknown key 'aws.sns'"),
+        ("aws:\n  sqs:\n    ulr: x\n", "config.yaml:3: aws.sqs.ulr: unknown key"),
+        ("aws: 3\n", "config.yaml:1: aws must be a mapping"),
+        ("gcp:\n  pubsub: [a]\n", "config.yaml:2: gcp.pubsub must be a mapping"),
+        ("publicurl: 'lanner:2801'\n", "config.yaml:1: publicurl: must be an http"),
+    ],
+)
+def test_nested_section_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert message in str(info.value)
+
+
+def test_public_url_defaults_to_this_host() -> None:
+    import socket
+
+    assert load_config(None, env={}).public_url() == f"http://{socket.gethostname()}:2801"
+    config = load_config(None, env={"PUBLICURL": "https://lanner.example/"})
+    assert config.public_url() == "https://lanner.example"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("gcp:\n  credentials: '%%%'\n  pubsub: {projectid: p, topic: t}\n", {},
+         "config.yaml:2: gcp.credentials: "),
+        ("gcp:\n  pubsub: {projectid: p, topic: t, credentials: '%%%'}\n", {},
+         "config.yaml:2: gcp.pubsub.credentials: "),
+        ("", {"GCP_CREDENTIALS": "%%%"}, "env GCP_CREDENTIALS: "),
+    ],
+)
+def test_shared_key_errors_name_where_it_was_written(
+    tmp_path: Path, text: str, env: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env=env)
+    assert message in str(info.value)
+    assert "%%%" not in str(info.value)
