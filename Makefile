@@ -26,3 +26,4 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/hub.py
 	$(VENV)/bin/python bench/store.py
+	$(VENV)/bin/python bench/outputs.py
