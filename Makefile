@@ -27,3 +27,4 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/hub.py
 	$(VENV)/bin/python bench/store.py
 	$(VENV)/bin/python bench/outputs.py
+	$(VENV)/bin/python bench/engine.py

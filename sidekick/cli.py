@@ -1,4 +1,4 @@
-"""The `lanner` command. `lanner sidekick` runs the hub."""
+"""The `lanner` command. `lanner sidekick` runs the hub; `lanner rules` works on rules files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidekick.config import ConfigError, HubConfig, load_config, redacted
+if TYPE_CHECKING:
+    from sidekick.config import HubConfig
 
 log = logging.getLogger("lanner")
 
@@ -114,10 +115,22 @@ def _safe_error(exc: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rules"]:
+        # Imported here: the hub never loads the detector, and `lanner sidekick` starts faster.
+        from detector.cli import main as rules_main
+
+        return rules_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lanner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _sidekick_parser(sub)
+    # Listed for --help only: `lanner rules ...` is dispatched above, before parsing.
+    sub.add_parser("rules", help="validate, list and test detection rules (lanner rules -h)")
     args = parser.parse_args(argv)
+    # Imported here: the config pulls in every output's client library (~0.5 s), which
+    # `lanner rules` has no use for.
+    from sidekick.config import ConfigError, load_config, redacted
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
