@@ -140,12 +140,13 @@ class Engine:
         for position, rule in enumerate(bucket.rules):
             try:
                 hit = rule.matches(event)
-            except Exception:
+            except Exception as exc:
                 self.errors += 1
                 if self.errors == 1 or self.errors % 10000 == 0:
+                    # One line, no traceback: event values come from outside (recordings).
                     log.warning("rule %r could not be evaluated on an event (%d so far): a "
-                                "value has an unexpected type", rule.name, self.errors,
-                                exc_info=True)
+                                "value has an unexpected type (%s)", rule.name, self.errors,
+                                type(exc).__name__)
                 continue
             if hit:
                 hits.append(position)
