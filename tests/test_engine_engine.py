@@ -151,9 +151,14 @@ def test_disabled_rules_are_compiled_listed_and_never_fire(tmp_path: Path) -> No
 def test_alert_from_a_small_ruleset(tmp_path: Path) -> None:
     engine, _ = engine_for(tmp_path, TWO_RULES)
     alert = engine.process(BASH)[1]
-    assert alert.output == "09:12:44.123456789: Informational exec bash by root"
-    assert alert.output_fields == {"evt.time": T0, "proc.name": "bash", "user.name": "root"}
+    # Falco's default suggested output appends the container's id and name
+    assert alert.output == ("09:12:44.123456789: Informational exec bash by root"
+                            " container_id=<NA> container_name=<NA>")
+    assert alert.output_fields == {"evt.time": T0, "proc.name": "bash", "user.name": "root",
+                                   "container.id": None, "container.name": None}
     assert alert.tags == [] and engine.process(BASH)[0].tags == ["a", "b"]
+    plain, _ = engine_for(tmp_path, TWO_RULES, suggested_output=False)
+    assert plain.process(BASH)[1].output == "09:12:44.123456789: Informational exec bash by root"
 
 
 def test_explain_matching_and_non_matching(tmp_path: Path, stable: Engine) -> None:

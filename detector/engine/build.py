@@ -51,8 +51,27 @@ class CompiledRule:
     origin: Origin
 
 
+# What Falco's container plugin flags as "suggested output" and Falco's default config appends
+# (`append_output: [suggested_output: true]`): the stable rules leave the container to it.
+SUGGESTED_OUTPUT = (("container_id", "container.id"), ("container_name", "container.name"))
+
+
+def with_suggested_output(output: str) -> str:
+    """``output`` plus ``container_id=%container.id container_name=%container.name``, each
+    unless the rule already prints that field."""
+    extra = [f"{key}=%{field}" for key, field in SUGGESTED_OUTPUT if f"%{field}" not in output]
+    return " ".join([output, *extra]) if extra else output
+
+
 class RulesetBuilder:
-    def __init__(self, loaded: LoadedRules, registry: FieldRegistry, hosts: HostAddresses) -> None:
+    def __init__(
+        self,
+        loaded: LoadedRules,
+        registry: FieldRegistry,
+        hosts: HostAddresses,
+        suggested_output: bool = True,
+    ) -> None:
+        self.suggested_output = suggested_output
         self.loaded = loaded
         self.registry = registry
         self.hosts = hosts
@@ -111,8 +130,11 @@ class RulesetBuilder:
         def warn(message: str, column: int) -> None:
             self._warn(rule, "LOAD_DEPRECATED_ITEM", message)
 
+        output = rule.output
+        if self.suggested_output and rule.source == "syscall":
+            output = with_suggested_output(output)
         try:
-            return compile_output(rule.output, self.registry, warn)
+            return compile_output(output, self.registry, warn)
         except RuleError as exc:
             # output.py has no error class of its own for an unknown field; its message does.
             if exc.message.startswith("unknown field"):

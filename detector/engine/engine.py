@@ -87,14 +87,16 @@ class Engine:
         rule_matching: str = "all",
         registry: FieldRegistry = REGISTRY,
         hosts: HostAddresses | None = None,
+        suggested_output: bool = True,
     ) -> tuple[Engine, list[RuleWarning]]:
         """Load, check and compile rules files. Raises RuleError (located) on the first error.
 
         ``hosts`` resolves the hostnames rules compare fd.sip.name with (default: a background
-        DNS cache)."""
+        DNS cache). ``suggested_output`` appends the container id and name to syscall rules'
+        outputs, as Falco's default configuration does."""
         loaded, warnings = load_rules(paths)
         hosts = hosts or DnsCache()
-        builder = RulesetBuilder(loaded, registry, hosts)
+        builder = RulesetBuilder(loaded, registry, hosts, suggested_output)
         rules = builder.build()
         engine = cls(rules, hostname=hostname, rule_matching=rule_matching, hosts=hosts)
         return engine, [*warnings, *builder.warnings]
