@@ -1,4 +1,5 @@
-"""`lanner rules`: check, list and try out Falco-language rules files.
+"""`lanner rules`: check, list and try out Falco-language rules files; `lanner detect`: run the
+detector; `lanner detector setup`: prepare a node for it.
 
     lanner rules validate FILE...                      like `falco -V`
     lanner rules list [FILE...] [--json]               like `falco -L`
@@ -18,6 +19,7 @@ import argparse
 import difflib
 import logging
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -323,6 +325,143 @@ def _summary(report: _Report, focus: CompiledRule | None) -> str:
     if report.checked:
         lines.append(f"expectations: {report.checked} checked, {len(report.failed)} failed")
     return "\n".join(lines)
+
+
+# ---- lanner detect / lanner detector setup -----------------------------------------------------
+
+
+def _detect_parser() -> argparse.ArgumentParser:
+    from detector.publish import FORMATS
+    from detector.state.runtime import DEFAULT_SOCKETS
+
+    p = argparse.ArgumentParser(
+        prog="lanner detect",
+        description="Watch this node's kernel events and report what the rules match. "
+                    "Needs root. Exit codes: 0 stopped, 1 the event source failed, 2 the "
+                    "rules, an output or every event source could not be used.",
+    )
+    p.add_argument("--rules", nargs="+", type=Path, default=[DEFAULT_RULES], metavar="FILE",
+                   help=f"rules files, loaded in order (default: {DEFAULT_RULES.name})")
+    p.add_argument("--output", action="append", metavar="SPEC",
+                   help="stdout (default), file:PATH (appended), or grpc://HOST:PORT (not "
+                        "yet); may be given more than once")
+    p.add_argument("--format", choices=FORMATS, default="json",
+                   help="json: Falco's json_output lines (default); text: Falco's text lines")
+    p.add_argument("--source", default="auto", metavar="SOURCE",
+                   help="auto (eBPF, else the fallback without BPF), ebpf, fallback, or "
+                        "records:PATH (Records saved as JSON lines, for tests and replays)")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="with --source auto: exit if eBPF cannot load instead of falling back")
+    p.add_argument("--rule-matching", choices=("first", "all"), default="all",
+                   help="report every matching rule (all, default) or only the first (Falco)")
+    p.add_argument("--ring-bytes", type=int, metavar="N",
+                   help="eBPF ring buffer size, a power of two (default 16 MiB)")
+    p.add_argument("--headers", metavar="DIR", help="kernel headers for the eBPF compiler")
+    p.add_argument("--proc-root", default="/proc", metavar="DIR",
+                   help="the host's /proc (default /proc; /host/proc when run in a container)")
+    p.add_argument("--cgroup-root", metavar="DIR",
+                   help="cgroup v2 mount (default: /sys/fs/cgroup, or /sys/fs/cgroup/unified "
+                        "on a hybrid host)")
+    p.add_argument("--runtime-socket", action="append", metavar="PATH",
+                   help="Docker/podman API socket for container metadata (default: "
+                        + ", ".join(DEFAULT_SOCKETS) + "); may be given more than once")
+    p.add_argument("--pods-log-dir", default="/var/log/pods", metavar="DIR",
+                   help="the kubelet's pod log directory, for pod names and namespaces")
+    p.add_argument("--containers-log-dir", default="/var/log/containers", metavar="DIR",
+                   help="the kubelet's container log links, for container names")
+    p.add_argument("--queue-size", type=int, default=65536, metavar="N",
+                   help="events held between the reader and the rules (default 65536); "
+                        "beyond it events are dropped and counted")
+    p.add_argument("--drop-threshold", type=float, default=0.1, metavar="RATIO",
+                   help="alert when more than this share of a second's events is lost "
+                        "(default 0.1)")
+    p.add_argument("--drop-alert-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="at most one drop alert per this many seconds (default 30)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics (events, drops, alerts) on this address")
+    return p
+
+
+def detect_main(argv: Sequence[str] | None = None) -> int:
+    """`lanner detect`."""
+    args = _detect_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    from detector.detect import Detector, SourceError, open_source, serve_metrics
+    from detector.publish import SinkError, open_sink
+    from detector.state import required_event_types
+    from detector.state.runtime import DEFAULT_SOCKETS
+    from detector.state.tracker import Tracker
+
+    try:
+        engine, _ = Engine.from_files(args.rules, rule_matching=args.rule_matching)
+    except RuleError as exc:
+        _err(f"lanner detect: the rules cannot be loaded: {exc}")
+        return EXIT_ERROR
+    sinks = []
+    try:
+        for spec in args.output or ["stdout"]:
+            sinks.append(open_sink(spec, args.format))
+    except SinkError as exc:
+        _err(f"lanner detect: {exc}")
+        for sink in sinks:
+            sink.close()
+        return EXIT_ERROR
+    try:
+        source, live = open_source(
+            args.source, required_event_types(engine.event_types), fallback=not args.no_fallback,
+            rules=engine.rules, say=lambda text: _err(f"lanner detect: {text}"),
+            ring_bytes=args.ring_bytes, headers=args.headers, cgroup_root=args.cgroup_root)
+    except (SourceError, OSError, ValueError) as exc:
+        _err(f"lanner detect: {exc}")
+        for sink in sinks:
+            sink.close()
+        return EXIT_ERROR
+    # A recording brings its own processes: the node's would only be mixed into it.
+    tracker = Tracker.for_host(
+        proc_root=args.proc_root, cgroup_root=args.cgroup_root,
+        sockets=tuple(args.runtime_socket or DEFAULT_SOCKETS), pods_dir=args.pods_log_dir,
+        containers_dir=args.containers_log_dir, seed=live)
+    detector = Detector(engine, tracker, source, sinks, queue_records=args.queue_size,
+                        live=live, drop_threshold=args.drop_threshold,
+                        drop_alert_interval=args.drop_alert_interval)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: detector.stop())
+    status = EXIT_OK
+    try:
+        if args.metrics:
+            try:
+                serve_metrics(args.metrics, detector)
+            except (OSError, ValueError) as exc:  # the address is taken or malformed
+                _err(f"lanner detect: cannot serve metrics on {args.metrics}: {exc}")
+                return EXIT_ERROR
+        metrics = detector.run()
+    except RuntimeError as exc:
+        _err(f"lanner detect: {exc}")
+        metrics, status = detector.metrics, EXIT_FAILED
+    finally:
+        source.close()
+        tracker.close()
+        for sink in sinks:
+            sink.close()
+    _err("lanner detect: " + ", ".join(f"{k}={v}" for k, v in metrics.as_dict().items()))
+    return status
+
+
+def detector_main(argv: Sequence[str] | None = None) -> int:
+    """`lanner detector setup`: mount tracefs, link kernel headers and bcc (idempotent)."""
+    p = argparse.ArgumentParser(prog="lanner detector",
+                                description="Prepare this node for the eBPF detector.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="mount tracefs, link kernel headers and bcc; say what "
+                                 "still stops eBPF (needs root)")
+    p.parse_args(argv)
+    try:
+        from detector.sources.ebpf.setup import main as setup_main
+    except ImportError as exc:
+        _err(f"lanner detector setup: the eBPF source is not available yet ({exc})")
+        return EXIT_FAILED
+    return setup_main()
 
 
 if __name__ == "__main__":

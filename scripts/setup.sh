@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server wrk python3-venv prometheus-alertmanager)
+# python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool: the detector's eBPF source (bcc, the
+# kernel headers it compiles against, bpftool for the BTF test); podman runc busybox-static:
+# real containers for the detector's tests.
+APT_PACKAGES=(redis-server wrk python3-venv prometheus-alertmanager
+              python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool podman runc busybox-static)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -40,3 +44,16 @@ then
 fi
 .venv/bin/python -c 'import fastapi, grpc, redis, sidekick'
 
+# bcc's Python package is Debian's (python3-bpfcc): link that one package into the venv. A .pth
+# to dist-packages would also bring Debian's older PyYAML, cryptography... into the venv.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [[ -d /usr/lib/python3/dist-packages/bcc && ! -e "$site/bcc" ]]; then
+    echo "setup: linking bcc (python3-bpfcc) into the venv"
+    ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
+fi
+# Node state for the eBPF source (tracefs mount, kernel headers link); `lanner detector setup`
+# does the same, and the eBPF tests run it again since a mount does not survive a reboot.
+if [[ $(id -u) -eq 0 ]]; then
+    .venv/bin/python -m detector.sources.ebpf.setup ||
+        echo "setup: the node is not ready for eBPF (above); the eBPF tests will fail" >&2
+fi

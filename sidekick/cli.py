@@ -1,4 +1,5 @@
-"""The `lanner` command. `lanner sidekick` runs the hub; `lanner rules` works on rules files."""
+"""The `lanner` command. `lanner sidekick` runs the hub; `lanner rules` works on rules files;
+`lanner detect` runs the detector and `lanner detector setup` prepares a node for it."""
 
 from __future__ import annotations
 
@@ -121,11 +122,21 @@ def main(argv: list[str] | None = None) -> int:
         from detector.cli import main as rules_main
 
         return rules_main(argv[1:])
+    if argv[:1] == ["detect"]:
+        from detector.cli import detect_main
+
+        return detect_main(argv[1:])
+    if argv[:1] == ["detector"]:
+        from detector.cli import detector_main
+
+        return detector_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lanner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _sidekick_parser(sub)
     # Listed for --help only: `lanner rules ...` is dispatched above, before parsing.
     sub.add_parser("rules", help="validate, list and test detection rules (lanner rules -h)")
+    sub.add_parser("detect", help="run the detector on this node (lanner detect -h)")
+    sub.add_parser("detector", help="prepare this node for the detector (lanner detector -h)")
     args = parser.parse_args(argv)
     # Imported here: the config pulls in every output's client library (~0.5 s), which
     # `lanner rules` has no use for.

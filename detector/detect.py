@@ -1,0 +1,409 @@
+"""The detect loop: kernel events in, alerts out.
+
+    reader thread:  source.poll() -> batches of Records -> bounded queue (full: counted, dropped)
+    main thread:    queue -> tracker.apply(record) -> engine.process(view) -> sinks
+
+The queue decouples the reader, which must keep the kernel's ring buffer drained, from rule
+evaluation, which can fall behind in a burst. A live source never waits for the engine: when
+the queue is full a batch is dropped and counted (``userspace_drops``). A finite source (a
+recording) waits instead, so a replay is complete.
+
+Drops are counted in both places: the kernel's (the source's ring buffer was full) and ours.
+Once per second, if more than ``drop_threshold`` of the events produced in that second were
+lost, an internal alert says so, at most once per ``drop_alert_interval`` (Falco's
+syscall_event_drops, with our wording).
+
+A source is anything with ``poll(timeout) -> list[Record] | None`` (None: it has no more,
+a recording's end) and ``close()``; the eBPF source also has ``drops()`` (``.total``), the
+fallback source ``stats()`` (``proc_lost``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from detector.engine.engine import Engine
+from detector.engine.fielddefs_event import clock
+from detector.publish import Sink
+from detector.sources.record import Record
+from detector.state.tracker import Tracker
+from sidekick.alert import Alert, Priority
+
+log = logging.getLogger("lanner.detect")
+
+DROP_RULE = "Lanner internal: syscall events dropped"
+INTERNAL_SOURCE = "internal"
+
+
+class Source(Protocol):
+    def poll(self, timeout: float | None = None) -> list[Record] | None: ...
+    def close(self) -> None: ...
+
+
+def kernel_drops(source: Any) -> int:
+    """Events the source's kernel side lost since it started."""
+    drops = getattr(source, "drops", None)
+    if callable(drops):
+        return int(drops().total)
+    stats = getattr(source, "stats", None)
+    if callable(stats):
+        return int(stats().get("proc_lost", 0))
+    return 0
+
+
+class IterSource:
+    """Records from an iterable (a recording, a test's list), in batches; finite."""
+
+    def __init__(self, records: Iterable[Record], batch: int = 1024) -> None:
+        self._records: Iterator[Record] = iter(records)
+        self._batch = batch
+
+    def poll(self, timeout: float | None = None) -> list[Record] | None:
+        batch = [r for _, r in zip(range(self._batch), self._records, strict=False)]
+        return batch or None
+
+    def close(self) -> None:
+        self._records = iter(())
+
+
+def read_records(path: str) -> Iterator[Record]:
+    """Records saved as JSON lines, one object per line with Record's field names (addresses
+    as [family, address, port]); blank and ``#`` lines skipped. Raises ValueError at a bad
+    line, naming it."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text or text.startswith(b"#"):
+                continue
+            try:
+                data = orjson.loads(text)
+                yield Record(**data)
+            except (orjson.JSONDecodeError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: not a Record: {exc}") from None
+
+
+class RecordQueue:
+    """Bounded by records (not batches); ``put`` never blocks a live source."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._batches: deque[list[Record]] = deque()
+        self._size = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, batch: list[Record], *, wait: bool) -> bool:
+        """Queue a batch; False if it was dropped because the queue is full (or closed)."""
+        with self._cond:
+            while wait and not self._closed and self._size + len(batch) > self.capacity \
+                    and self._size:
+                self._cond.wait()
+            if self._closed or (self._size and self._size + len(batch) > self.capacity):
+                return False
+            self._batches.append(batch)
+            self._size += len(batch)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> list[Record] | None:
+        """The oldest batch; None after ``timeout`` with nothing, or once closed and empty."""
+        with self._cond:
+            if not self._batches and not self._closed:
+                self._cond.wait(timeout)
+            if not self._batches:
+                return None
+            batch = self._batches.popleft()
+            self._size -= len(batch)
+            self._cond.notify_all()
+            return batch
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return self._size
+
+
+@dataclass
+class Metrics:
+    """Counters since start. received == processed + userspace_drops + queued (+ errors
+    among processed); kernel_drops never reached us."""
+
+    received: int = 0  # records the reader got from the source
+    processed: int = 0  # records applied and evaluated
+    userspace_drops: int = 0  # records dropped because the queue was full
+    kernel_drops: int = 0  # the source's own count
+    alerts: int = 0  # rule alerts (internal ones not included)
+    drop_alerts: int = 0
+    errors: int = 0  # records the tracker or engine failed on
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Detector:
+    """One run of the loop. ``run()`` returns when the source is exhausted or ``stop()``."""
+
+    def __init__(self, engine: Engine, tracker: Tracker, source: Source, sinks: Sequence[Sink],
+                 *, queue_records: int = 65536, live: bool = True, drop_threshold: float = 0.1,
+                 drop_alert_interval: float = 30.0, purge_interval: float = 60.0,
+                 clock_s: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.tracker = tracker
+        self.source = source
+        self.sinks = list(sinks)
+        self.queue = RecordQueue(queue_records)
+        self.live = live
+        self.drop_threshold = drop_threshold
+        self.drop_alert_interval = drop_alert_interval
+        self.purge_interval = purge_interval
+        self.metrics = Metrics()
+        self._now = clock_s
+        self._stop = threading.Event()
+        self._window = (self._now(), 0, 0, 0)  # start, received, kernel, userspace drops
+        self._last_drop_alert = float("-inf")
+        self._last_purge = self._now()
+        self._reader: threading.Thread | None = None
+        self._reader_error: BaseException | None = None
+
+    def stop(self) -> None:
+        """Stop reading; what was read is still processed, then run() returns. (The reader
+        closes the queue once it has stopped, so nothing read is dropped for stopping.)"""
+        self._stop.set()
+
+    def run(self) -> Metrics:
+        self._reader = threading.Thread(target=self._read, name="lanner-reader", daemon=True)
+        self._reader.start()
+        try:
+            while True:
+                batch = self.queue.get(0.2)
+                if batch is not None:
+                    self._process(batch)
+                elif self.queue.closed:
+                    break
+                self._check_drops()
+                self._purge()
+        finally:
+            self._stop.set()
+            self.queue.close()
+            self._reader.join(timeout=5)
+            self._check_drops(final=True)
+            for sink in self.sinks:
+                sink.flush()
+        if self._reader_error is not None:
+            raise RuntimeError(f"the event source failed: {self._reader_error}") \
+                from self._reader_error
+        return self.metrics
+
+    # ---- reader thread -------------------------------------------------------------------
+
+    def _read(self) -> None:
+        m = self.metrics
+        sampled = self._now()
+        try:
+            while not self._stop.is_set():
+                batch = self.source.poll(0.1)
+                if batch is None:
+                    break
+                if batch:
+                    m.received += len(batch)
+                    if not self.queue.put(batch, wait=not self.live):
+                        m.userspace_drops += len(batch)
+                if self._now() - sampled >= 0.25:
+                    sampled = self._now()
+                    m.kernel_drops = kernel_drops(self.source)
+            m.kernel_drops = kernel_drops(self.source)
+        except BaseException as exc:  # reported by run() in the main thread
+            self._reader_error = exc
+        finally:
+            self.queue.close()
+
+    # ---- main thread ---------------------------------------------------------------------
+
+    def _process(self, batch: list[Record]) -> None:
+        apply, process, m = self.tracker.apply, self.engine.process, self.metrics
+        for record in batch:
+            try:
+                view = apply(record)
+                alerts = process(view)
+            except Exception:
+                m.errors += 1
+                if m.errors == 1 or m.errors % 10000 == 0:
+                    log.exception("event %s of pid %d could not be processed (%d so far)",
+                                  record.kind, record.pid, m.errors)
+                continue
+            for alert in alerts:
+                self._emit(alert)
+                m.alerts += 1
+        m.processed += len(batch)
+        for sink in self.sinks:
+            sink.flush()
+
+    def _emit(self, alert: Alert) -> None:
+        for sink in self.sinks:
+            try:
+                sink.write(alert)
+            except OSError as exc:  # a full disk must not stop detection for the other sinks
+                log.error("cannot write an alert to %s: %s", sink.name, exc)
+
+    def _purge(self) -> None:
+        """Processes whose exit was lost (dropped events) would stay forever: every so often
+        those /proc no longer has are removed."""
+        now = self._now()
+        if now - self._last_purge >= self.purge_interval:
+            self._last_purge = now
+            gone = self.tracker.table.purge()
+            if gone:
+                log.info("removed %d processes that exited unseen", gone)
+
+    def _check_drops(self, final: bool = False) -> None:
+        now = self._now()
+        start, received, kernel, user = self._window
+        if now - start < 1.0 and not final:
+            return
+        m = self.metrics
+        self._window = (now, m.received, m.kernel_drops, m.userspace_drops)
+        lost_kernel, lost_user = m.kernel_drops - kernel, m.userspace_drops - user
+        produced = m.received - received + lost_kernel
+        dropped = lost_kernel + lost_user
+        if not produced or dropped / produced <= self.drop_threshold:
+            return
+        if now - self._last_drop_alert < self.drop_alert_interval:
+            return
+        self._last_drop_alert = now
+        m.drop_alerts += 1
+        self._emit(self._drop_alert(dropped, produced, lost_kernel, lost_user))
+
+    def _drop_alert(self, dropped: int, produced: int, kernel: int, user: int) -> Alert:
+        now = time.time_ns()
+        share = 100.0 * dropped / produced
+        message = (f"{DROP_RULE}: {dropped} of {produced} events ({share:.1f}%) lost in the "
+                   f"last second (kernel ring buffer {kernel}, detector queue {user}); rules "
+                   "did not see them")
+        log.warning(message)
+        priority = Priority.WARNING
+        return Alert(
+            rule=DROP_RULE, priority=priority, time_ns=now, source=INTERNAL_SOURCE, tags=[],
+            output=f"{clock(now)}: {priority.label} {message}",
+            output_fields={"n_drops": dropped, "n_drops_kernel": kernel,
+                           "n_drops_userspace": user, "n_evts": produced,
+                           "drop_pct": round(share, 2)},
+            hostname=self.engine.hostname,
+        )
+
+
+# ---- sources and metrics for the CLI ---------------------------------------------------------
+
+
+class SourceError(Exception):
+    """No event source could be opened; the message says why (already told to the user)."""
+
+
+def open_source(spec: str, event_types: frozenset[str], *, fallback: bool,
+                rules: Sequence[Any], say: Callable[[str], None],
+                ring_bytes: int | None = None, headers: str | None = None,
+                cgroup_root: str | None = None) -> tuple[Source, bool]:
+    """The source ``--source`` names and whether it is live: ``records:PATH`` (a recording),
+    ``ebpf``, ``fallback``, or ``auto`` (eBPF, else, when ``fallback``, the fallback source).
+    Every reason eBPF cannot load is told through ``say``. Raises SourceError."""
+    if spec.startswith("records:"):
+        return IterSource(read_records(spec[len("records:"):])), False
+    if spec not in ("auto", "ebpf", "fallback"):
+        raise SourceError(f"unknown --source {spec!r}: auto, ebpf, fallback or records:PATH")
+    if spec != "fallback":
+        reasons = _ebpf_reasons()
+        if not reasons:
+            from detector.sources.ebpf.source import DEFAULT_RING_BYTES, EbpfError, EbpfSource
+
+            try:
+                ebpf = EbpfSource(event_types, ring_bytes=ring_bytes or DEFAULT_RING_BYTES,
+                                  headers=headers)
+            except EbpfError as exc:
+                reasons = exc.reasons
+            else:
+                # Operators (and tests) need to know when events are being captured, and
+                # which rules can never fire on this kernel: never silently blind.
+                missing = sorted(ebpf.plan.unavailable)
+                say(f"eBPF source attached to {len(ebpf.attached())} tracepoints"
+                    + (f"; not traceable on this kernel: {', '.join(missing)}"
+                       if missing else ""))
+                return ebpf, True
+        say("eBPF cannot load:\n" + "\n".join(f"  - {reason}" for reason in reasons))
+        if spec == "ebpf" or not fallback:
+            raise SourceError("no event source: eBPF cannot load"
+                              + ("" if spec == "ebpf" else " and the fallback is disabled"))
+        say("falling back to the source without eBPF")
+    from detector.sources.fallback import ConnectorError, FallbackSource
+
+    try:
+        source = FallbackSource(cgroup_root=cgroup_root)
+    except ConnectorError as exc:
+        raise SourceError(f"no event source: the fallback source cannot start either: {exc}"
+                          ) from None
+    say(source.describe(rules))
+    return source, True
+
+
+def _ebpf_reasons() -> list[str]:
+    """Why the eBPF source cannot even be imported (empty when it can)."""
+    try:
+        import detector.sources.ebpf.source  # noqa: F401
+    except ImportError as exc:
+        return [f"the eBPF source is not available yet in this build ({exc})"]
+    return []
+
+
+def serve_metrics(address: str, detector: Detector) -> Any:
+    """Prometheus metrics on ``HOST:PORT``, read from the counters at scrape time. Returns
+    the HTTP server (``shutdown()`` stops it)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector as BaseCollector
+
+    class Collector(BaseCollector):
+        def collect(self) -> Iterator[Any]:
+            m = detector.metrics
+            for name, value, text in (
+                ("events_received", m.received, "Events read from the source."),
+                ("events_processed", m.processed, "Events evaluated by the rules."),
+                ("userspace_drops", m.userspace_drops,
+                 "Events dropped because the detector's queue was full."),
+                ("kernel_drops", m.kernel_drops,
+                 "Events the kernel could not queue (ring buffer full)."),
+                ("alerts", m.alerts, "Rule alerts."),
+                ("drop_alerts", m.drop_alerts, "Internal alerts about dropped events."),
+                ("event_errors", m.errors, "Events the detector failed to process."),
+                ("proc_lookups", detector.tracker.table.lookups,
+                 "Processes read from /proc on a table miss."),
+                ("fd_lookups", detector.tracker.fd_lookups,
+                 "File descriptors read from /proc because no event had shown them."),
+                ("container_metadata_fetched", detector.tracker.containers.fetched,
+                 "Containers a runtime described."),
+                ("container_metadata_failed", detector.tracker.containers.failed,
+                 "Container lookups no runtime answered (retried later)."),
+            ):
+                yield CounterMetricFamily(f"lanner_detector_{name}", text, value=value)
+            yield GaugeMetricFamily("lanner_detector_queue_events", "Events waiting.",
+                                    value=len(detector.queue))
+            yield GaugeMetricFamily("lanner_detector_processes", "Processes in the table.",
+                                    value=len(detector.tracker.table.procs))
+
+    host, _, port = address.rpartition(":")
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(Collector())
+    server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    return server

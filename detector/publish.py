@@ -1,0 +1,96 @@
+"""Where ``lanner detect`` writes alerts: stdout or a file, as Falco writes them.
+
+JSON is Falco's ``json_output`` line: the keys ``hostname output output_fields priority rule
+source tags time`` in that (alphabetical) order, one object per line. Text is Falco's line,
+``<HH:MM:SS.nnnnnnnnn>: <Priority> <message>``, which is the alert's ``output``.
+
+    --output stdout            the default
+    --output file:/var/log/lanner/alerts.json
+    --output grpc://hub:5060   the hub publisher (not yet in this version)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import BinaryIO, Protocol
+
+import orjson
+
+from sidekick.alert import Alert
+
+FORMATS = ("json", "text")
+
+
+class SinkError(ValueError):
+    """An --output that cannot be used; the message says why."""
+
+
+class Sink(Protocol):
+    name: str
+
+    def write(self, alert: Alert) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def falco_json(alert: Alert) -> bytes:
+    """One line of Falco's JSON output (no uuid: Falco has none; the hub adds its own)."""
+    return orjson.dumps({
+        "hostname": alert.hostname,
+        "output": alert.output,
+        "output_fields": alert.output_fields,
+        "priority": alert.priority.label,
+        "rule": alert.rule,
+        "source": alert.source,
+        "tags": alert.tags,
+        "time": alert.time,
+    }, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SORT_KEYS)
+
+
+def text_line(alert: Alert) -> bytes:
+    return alert.output.encode("utf-8", "replace") + b"\n"
+
+
+class StreamSink:
+    """Lines to a binary stream, written as alerts come and flushed after each batch of
+    events, so a burst costs one write to the file rather than one per alert."""
+
+    def __init__(self, name: str, stream: BinaryIO, fmt: str, *, owned: bool) -> None:
+        if fmt not in FORMATS:
+            raise SinkError(f"unknown output format {fmt!r} (json or text)")
+        self.name = name
+        self.stream = stream
+        self.encode = falco_json if fmt == "json" else text_line
+        self.owned = owned
+
+    def write(self, alert: Alert) -> None:
+        self.stream.write(self.encode(alert))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+        if self.owned:
+            self.stream.close()
+
+
+def open_sink(spec: str, fmt: str = "json") -> Sink:
+    """A sink from an --output value. Raises SinkError."""
+    if spec == "stdout":
+        return StreamSink("stdout", sys.stdout.buffer, fmt, owned=False)
+    if spec.startswith("file:"):
+        path = spec[len("file:"):]
+        if not path:
+            raise SinkError("--output file: needs a path, e.g. file:/var/log/lanner/alerts.json")
+        try:
+            # Appended, as Falco's file_output does: a restart must not erase earlier alerts.
+            stream = open(os.path.expanduser(path), "ab")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise SinkError(f"cannot open {path} for alerts: {exc.strerror or exc}") from None
+        return StreamSink(f"file:{path}", stream, fmt, owned=True)
+    if spec.startswith("grpc://"):
+        raise SinkError(f"--output {spec}: publishing to the hub over gRPC is not yet "
+                        "available in lanner detect; use stdout or file:PATH for now")
+    raise SinkError(f"unknown --output {spec!r}: use stdout, file:PATH or grpc://HOST:PORT")
