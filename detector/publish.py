@@ -6,11 +6,13 @@ source tags time`` in that (alphabetical) order, one object per line. Text is Fa
 
     --output stdout            the default
     --output file:/var/log/lanner/alerts.json
-    --output grpc://hub:5060   the hub publisher (not yet in this version)
+    --output grpc://hub:5060   the hub over gRPC (several: grpc://hub-a:5060,hub-b:5060); the
+                               bearer token, if the hub wants one, from env LANNER_HUB_TOKEN
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import BinaryIO, Protocol
@@ -20,6 +22,9 @@ import orjson
 from sidekick.alert import Alert
 
 FORMATS = ("json", "text")
+TOKEN_ENV = "LANNER_HUB_TOKEN"  # not a flag: a flag's value shows in `ps`
+
+log = logging.getLogger("lanner.publish")
 
 
 class SinkError(ValueError):
@@ -91,6 +96,31 @@ def open_sink(spec: str, fmt: str = "json") -> Sink:
             raise SinkError(f"cannot open {path} for alerts: {exc.strerror or exc}") from None
         return StreamSink(f"file:{path}", stream, fmt, owned=True)
     if spec.startswith("grpc://"):
-        raise SinkError(f"--output {spec}: publishing to the hub over gRPC is not yet "
-                        "available in lanner detect; use stdout or file:PATH for now")
+        targets = spec[len("grpc://"):]
+        if not targets:
+            raise SinkError("--output grpc:// needs the hub's address, e.g. grpc://hub:5060")
+        return GrpcSink(targets)
     raise SinkError(f"unknown --output {spec!r}: use stdout, file:PATH or grpc://HOST:PORT")
+
+
+class GrpcSink:
+    """Alerts to the hub through the publisher: acked, resent after a reconnect, buffered
+    (bounded, drops counted and reported to the hub) while no hub answers."""
+
+    def __init__(self, targets: str) -> None:
+        from detector.publish_grpc import GrpcPublisher
+
+        self.name = f"grpc://{targets}"
+        self.publisher = GrpcPublisher(targets, token=os.environ.get(TOKEN_ENV) or None)
+
+    def write(self, alert: Alert) -> None:
+        self.publisher.publish(alert)
+
+    def flush(self) -> None:
+        """Nothing to do: the publisher sends on its own thread, and the detect loop must not
+        wait for the hub's acks."""
+
+    def close(self) -> None:
+        lost = self.publisher.close(timeout=10.0)
+        if lost:
+            log.warning("%s: %d alert(s) not acknowledged by a hub at exit", self.name, lost)

@@ -405,3 +405,18 @@ def test_mutual_tls_and_token_and_a_wrong_token_reported_clearly(
     for secret in (TOKEN, wrong):
         assert secret not in logged
         assert secret not in hub_log
+
+
+def test_detect_output_grpc_sink_reaches_the_hub(
+    hub: HubProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detector.publish import open_sink
+
+    monkeypatch.delenv("LANNER_HUB_TOKEN", raising=False)
+    sink = open_sink(f"grpc://127.0.0.1:{hub.grpcport}")
+    alerts = make_alerts(20, "sink-host")
+    for alert in alerts:
+        sink.write(alert)
+    sink.flush()
+    sink.close()
+    assert sorted(e["uuid"] for e in stored(hub, "sink-host")) == sorted(a.uuid for a in alerts)
