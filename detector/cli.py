@@ -364,7 +364,8 @@ def _detect_parser() -> argparse.ArgumentParser:
                    help="cgroup v2 mount (default: /sys/fs/cgroup, or /sys/fs/cgroup/unified "
                         "on a hybrid host)")
     p.add_argument("--runtime-socket", action="append", metavar="PATH",
-                   help="Docker/podman API socket for container metadata (default: "
+                   help="container runtime socket for container metadata: containerd or "
+                        "cri-o (CRI), podman or Docker API (default: "
                         + ", ".join(DEFAULT_SOCKETS) + "); may be given more than once")
     p.add_argument("--pods-log-dir", default="/var/log/pods", metavar="DIR",
                    help="the kubelet's pod log directory, for pod names and namespaces")

@@ -5,7 +5,8 @@ on the registry's worker thread, never on the event path, so they may block (wit
 
 - :class:`RuntimeApi`: Docker's Engine API or podman's (``podman system service``) over a unix
   socket: podman's native inspect first (it names the exact capability sets), then the
-  Docker-compatible one.
+  Docker-compatible one. A containerd or cri-o socket is asked over CRI instead
+  (:mod:`detector.state.cri`).
 - :class:`PodmanCli`: ``podman inspect``, for a node where podman runs without its service.
 - :class:`KubeletLogs`: pod name and namespace from ``/var/log/pods/<ns>_<pod>_<uid>/`` and the
   container name from ``/var/log/containers/<pod>_<ns>_<container>-<id>.log``: Kubernetes
@@ -28,12 +29,18 @@ import time
 from typing import Any
 
 from detector.state import render
-from detector.state.containers import ContainerInfo
+from detector.state.containers import ContainerInfo, Fetcher
 from sidekick.alert import parse_time_ns
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock", "/run/docker.sock")
+# CRI sockets first: on a Kubernetes node they know the pods' containers, and they are not
+# asked about the containers that cgroup paths name as Docker's or podman's.
+DEFAULT_SOCKETS = (
+    "/run/containerd/containerd.sock", "/run/crio/crio.sock",
+    "/var/run/containerd/containerd.sock", "/var/run/crio/crio.sock",
+    "/run/podman/podman.sock", "/var/run/docker.sock", "/run/docker.sock",
+)
 # Docker's default capability set for a container that is not privileged (moby's
 # oci/caps/defaults.go); CapAdd and CapDrop apply on top.
 DOCKER_DEFAULT_CAPS = (
@@ -56,13 +63,21 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class RuntimeApi:
-    """Inspect containers through a Docker-compatible API socket (Docker or podman)."""
+    """Inspect containers through a Docker-compatible API socket (Docker or podman), or
+    through CRI when the socket is containerd's or cri-o's."""
 
     def __init__(self, path: str, timeout: float = 2.0) -> None:
         self.path = path
         self.timeout = timeout
+        self.cri: Fetcher | None = None
+        # Imported here: detector.state.cri builds on this module (split_image).
+        from detector.state import cri
+        if cri.is_cri_socket(path):
+            self.cri = cri.CriRuntime(path, timeout)
 
     def __call__(self, info: ContainerInfo, pid: int | None) -> bool:
+        if self.cri is not None:
+            return self.cri(info, pid)
         if not os.path.exists(self.path):
             return False
         # podman's native endpoint needs a version prefix; Docker answers it with an error.
