@@ -80,6 +80,9 @@ MAX_VALUE_BYTES = 1024
 MAX_ORDERING_KEY_BYTES = 1024
 MAX_MESSAGES_PER_REQUEST = 1000
 BATCH_LATENCY_S = 0.01  # the library's default: how long a batch waits for more messages
+# With batchsize > 1 a whole batch is handed over at once; a longer wait keeps it one RPC even
+# when the hub is busy and handing over 500 messages takes longer than 10 ms.
+BATCHED_LATENCY_S = 0.05
 EVENT_ATTRIBUTES = ("priority", "rule", "source", "hostname")
 RESERVED_NAMES = frozenset({"data", "ordering_key", "retry", "self", "timeout", "topic"})
 CREDENTIAL_TYPES = frozenset(
@@ -301,12 +304,12 @@ class PubsubOutput(Output):
                 "or provide Application Default Credentials"
             ) from None
         # The library sends a batch once a message would make it reach max_messages, and holds
-        # a batch that is not full for 10 ms: 1 sends each alert at once; N + 1 lets a whole
-        # batch of N go in one RPC.
+        # a batch that is not full for max_latency: 1 sends each alert at once; N + 1 lets a
+        # whole batch of N go in one RPC.
         size = self.config.batchsize
         return pubsub_v1.PublisherClient(
             batch_settings=pubsub_v1.types.BatchSettings(
-                max_latency=BATCH_LATENCY_S,
+                max_latency=BATCH_LATENCY_S if size <= 1 else BATCHED_LATENCY_S,
                 max_messages=1 if size <= 1 else min(MAX_MESSAGES_PER_REQUEST, size + 1),
             ),
             publisher_options=pubsub_v1.types.PublisherOptions(
