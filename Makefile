@@ -28,3 +28,4 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/store.py
 	$(VENV)/bin/python bench/outputs.py
 	$(VENV)/bin/python bench/engine.py
+	$(VENV)/bin/python bench/detector.py
