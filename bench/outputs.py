@@ -108,8 +108,7 @@ def run_direct(workdir: Path, output: str, config: dict[str, Any], n: int, run: 
     batches = [b[i:i + batchsize] for b in [alerts(n, run)] for i in range(0, n, batchsize)]
 
     async def drive() -> float:
-        await target.start()
-        try:
+        async with target:
             start = time.perf_counter()
 
             async def worker() -> None:
@@ -118,8 +117,6 @@ def run_direct(workdir: Path, output: str, config: dict[str, Any], n: int, run: 
 
             await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
             return time.perf_counter() - start
-        finally:
-            await target.close()
 
     elapsed = asyncio.run(drive())
     return {"rate": n / elapsed, "seconds": elapsed}

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -258,6 +258,13 @@ class Output(abc.ABC):
 
     async def close(self) -> None:
         """Release clients."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     @abc.abstractmethod
     async def send(self, batch: list[Alert]) -> None: ...

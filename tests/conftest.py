@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.receiver import Receiver
 from tests.support import RedisServer
 
 
@@ -18,3 +19,10 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A recording HTTP receiver (tests/receiver.py); a test module may define its own."""
+    with Receiver() as rx:
+        yield rx

@@ -6,7 +6,6 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,6 @@ import pytest
 
 from tests.hubproc import HubProcess, falco_alert
 from tests.receiver import Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as rec:
-        yield rec
 
 
 def hub_config(receiver: Receiver, store: str, redis_url: str = "", **webhook: Any) -> dict:

@@ -8,8 +8,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,12 +43,6 @@ def am(tmp_path: Path) -> Iterator[AlertmanagerServer]:
     server.stop()
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as rx:
-        yield rx
-
-
 def make_alert(n: int = 0, **changes: Any) -> Alert:
     """A recent event (Alertmanager lists only alerts that have not ended yet)."""
     now = time.time_ns()
@@ -82,14 +75,9 @@ EXPECTED_LABELS = {
 }
 
 
-@asynccontextmanager
-async def output(**keys: Any) -> AsyncIterator[AlertmanagerOutput]:
-    out = AlertmanagerOutput(AlertmanagerConfig(**keys), PUBLIC)
-    await out.start()
-    try:
-        yield out
-    finally:
-        await out.close()
+def output(**keys: Any) -> AlertmanagerOutput:
+    """The output; `async with` starts and closes it."""
+    return AlertmanagerOutput(AlertmanagerConfig(**keys), PUBLIC)
 
 
 def ms(text: str) -> int:

@@ -7,8 +7,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +65,9 @@ def hook_url(rx: Receiver) -> str:
     return f"{rx.url}/api/webhooks/123/{TOKEN}"
 
 
-@asynccontextmanager
-async def discord(**keys: Any) -> AsyncIterator[DiscordOutput]:
-    output = DiscordOutput(DiscordConfig(**keys))
-    await output.start()
-    try:
-        yield output
-    finally:
-        await output.close()
+def discord(**keys: Any) -> DiscordOutput:
+    """The output; `async with` starts and closes it."""
+    return DiscordOutput(DiscordConfig(**keys))
 
 
 async def post(rx: Receiver, alert: Alert, **keys: Any) -> Request:

@@ -14,8 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +109,9 @@ def pull(client: pubsub_v1.SubscriberClient, count: int) -> list[types.PubsubMes
     return [r.message for r in received]
 
 
-@asynccontextmanager
-async def pubsub(**keys: Any) -> AsyncIterator[PubsubOutput]:
-    output = PubsubOutput(PubsubConfig(**{"projectid": "p", "topic": "t", **keys}))
-    await output.start()
-    try:
-        yield output
-    finally:
-        await output.close()
+def pubsub(**keys: Any) -> PubsubOutput:
+    """The output; `async with` starts and closes it."""
+    return PubsubOutput(PubsubConfig(**{"projectid": "p", "topic": "t", **keys}))
 
 
 def assert_no_secret(text: str) -> None:

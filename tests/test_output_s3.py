@@ -8,8 +8,7 @@ import random
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +76,9 @@ def keys(endpoint: str, **more: Any) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def s3_output(**config: Any) -> AsyncIterator[S3Output]:
-    output = S3Output(S3Config(**config))
-    await output.start()
-    try:
-        yield output
-    finally:
-        await output.close()
+def s3_output(**config: Any) -> S3Output:
+    """The output; `async with` starts and closes it."""
+    return S3Output(S3Config(**config))
 
 
 def puts(rx: Receiver) -> list[Request]:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,6 @@ HOSTILE_ESCAPED = (
     "*bold* `tick` &amp; co"
 )
 TIME = "2023-11-14 22:13:20.123456789 +0000 UTC"  # Falcosidekick's form of the alert's time
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as rx:
-        yield rx
 
 
 def make_alert(n: int = 0, **changes: Any) -> Alert:
@@ -72,14 +66,9 @@ def hook_url(rx: Receiver) -> str:
     return f"{rx.url}/services/{TOKEN}"
 
 
-@asynccontextmanager
-async def slack(**keys: Any) -> AsyncIterator[SlackOutput]:
-    output = SlackOutput(SlackConfig(**keys))
-    await output.start()
-    try:
-        yield output
-    finally:
-        await output.close()
+def slack(**keys: Any) -> SlackOutput:
+    """The output; `async with` starts and closes it."""
+    return SlackOutput(SlackConfig(**keys))
 
 
 async def post(rx: Receiver, alert: Alert, **keys: Any) -> Request:

@@ -9,8 +9,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -79,14 +78,9 @@ def keys(url: str, endpoint: str, **more: Any) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def sqs_output(**config: Any) -> AsyncIterator[SqsOutput]:
-    output = SqsOutput(SqsConfig(**config))
-    await output.start()
-    try:
-        yield output
-    finally:
-        await output.close()
+def sqs_output(**config: Any) -> SqsOutput:
+    """The output; `async with` starts and closes it."""
+    return SqsOutput(SqsConfig(**config))
 
 
 def batch_calls(rx: Receiver) -> list[Request]:

@@ -8,8 +8,6 @@ import hashlib
 import hmac
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -24,12 +22,6 @@ from tests.support import free_port
 TOKEN = "T0KEN-in-the-url-8d1f"
 HMAC_SECRET = "hmac-s3cret-value-42"
 HEADER_SECRET = "Bearer header-s3cret-77"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as rx:
-        yield rx
 
 
 def make_alert(n: int = 0, **changes: Any) -> Alert:
@@ -52,14 +44,9 @@ def hook_url(rx: Receiver) -> str:
     return f"{rx.url}/hook/{TOKEN}?key={TOKEN}"
 
 
-@asynccontextmanager
-async def webhook(**keys: Any) -> AsyncIterator[WebhookOutput]:
-    output = WebhookOutput(WebhookConfig(**keys))
-    await output.start()
-    try:
-        yield output
-    finally:
-        await output.close()
+def webhook(**keys: Any) -> WebhookOutput:
+    """The output; `async with` starts and closes it."""
+    return WebhookOutput(WebhookConfig(**keys))
 
 
 def assert_no_secrets(text: str, *extra: str) -> None:
