@@ -371,9 +371,10 @@ def _detect_parser() -> argparse.ArgumentParser:
                    help="the kubelet's pod log directory, for pod names and namespaces")
     p.add_argument("--containers-log-dir", default="/var/log/containers", metavar="DIR",
                    help="the kubelet's container log links, for container names")
-    p.add_argument("--queue-size", type=int, default=65536, metavar="N",
-                   help="events held between the reader and the rules (default 65536); "
-                        "beyond it events are dropped and counted")
+    p.add_argument("--queue-size", type=int, default=16384, metavar="N",
+                   help="events held between the reader and the rules (default 16384); "
+                        "beyond it the eBPF source's backlog waits in its ring buffer, the "
+                        "fallback's is dropped and counted")
     p.add_argument("--drop-threshold", type=float, default=0.1, metavar="RATIO",
                    help="alert when more than this share of a second's events is lost "
                         "(default 0.1)")

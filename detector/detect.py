@@ -159,7 +159,7 @@ class Detector:
     """One run of the loop. ``run()`` returns when the source is exhausted or ``stop()``."""
 
     def __init__(self, engine: Engine, tracker: Tracker, source: Source, sinks: Sequence[Sink],
-                 *, queue_records: int = 65536, live: bool = True, drop_threshold: float = 0.1,
+                 *, queue_records: int = 16384, live: bool = True, drop_threshold: float = 0.1,
                  drop_alert_interval: float = 30.0, purge_interval: float = 60.0,
                  clock_s: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
@@ -213,6 +213,10 @@ class Detector:
 
     def _read(self) -> None:
         m = self.metrics
+        # A live source must be drained or it loses events, unless what is not read yet waits
+        # in a kernel buffer of its own (eBPF's ring): then a full queue just stops the reading,
+        # and the backlog stays in the ring as compact bytes, not as decoded objects here.
+        wait = not self.live or getattr(self.source, "backlog_in_kernel", False)
         sampled = self._now()
         try:
             while not self._stop.is_set():
@@ -221,7 +225,7 @@ class Detector:
                     break
                 if batch:
                     m.received += len(batch)
-                    if not self.queue.put(batch, wait=not self.live):
+                    if not self.queue.put(batch, wait=wait):
                         m.userspace_drops += len(batch)
                 if self._now() - sampled >= 0.25:
                     sampled = self._now()
@@ -327,11 +331,17 @@ def open_source(spec: str, event_types: frozenset[str], *, fallback: bool,
     if spec != "fallback":
         reasons = _ebpf_reasons()
         if not reasons:
+            from detector.engine.pathtests import open_path_tests
             from detector.sources.ebpf.source import DEFAULT_RING_BYTES, EbpfError, EbpfSource
 
+            closes_in_rules = any(
+                rule.enabled and rule.source == "syscall"
+                and (rule.event_types is None or "close" in rule.event_types) for rule in rules)
+            path_tests = open_path_tests(rules)
             try:
                 ebpf = EbpfSource(event_types, ring_bytes=ring_bytes or DEFAULT_RING_BYTES,
-                                  headers=headers)
+                                  headers=headers, open_paths=path_tests,
+                                  closes_for_state_only=not closes_in_rules)
             except EbpfError as exc:
                 reasons = exc.reasons
             else:
@@ -341,6 +351,11 @@ def open_source(spec: str, event_types: frozenset[str], *, fallback: bool,
                 say(f"eBPF source attached to {len(ebpf.attached())} tracepoints"
                     + (f"; not traceable on this kernel: {', '.join(missing)}"
                        if missing else ""))
+                say("opens: " + (f"only paths passing the rules' {len(path_tests or ())} path "
+                                 "tests are reported (docs/detector.md)" if ebpf.filters_opens
+                                 else "all reported (a rule can match any path)")
+                    + "; closes: " + ("all reported" if closes_in_rules else
+                                      "only of fds the state tracker holds"))
                 return ebpf, True
         say("eBPF cannot load:\n" + "\n".join(f"  - {reason}" for reason in reasons))
         if spec == "ebpf" or not fallback:

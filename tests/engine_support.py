@@ -4,12 +4,14 @@ fields for types the syscall registry does not have yet (a list field)."""
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
 from detector.engine.build import compile_condition
 from detector.engine.compiler import CompiledCondition
 from detector.engine.fields import REGISTRY, FieldClass, FieldRegistry, FieldSpec, FieldType
+from detector.engine.pathtests import PathTest
 
 TEST_FIELDS = FieldClass(
     name="test",
@@ -43,3 +45,15 @@ def compiled(condition: str, macros: Mapping[str, str] | None = None) -> Compile
 def matches(condition: str, event: Mapping[str, Any],
             macros: Mapping[str, str] | None = None) -> bool:
     return compiled(condition, macros).match(event)
+
+
+def passes(tests: tuple[PathTest, ...], path: str) -> bool:
+    """What the kernel's path_tests() computes (pathfilter.py), for a normal-form absolute
+    path: the reference the kernel test checks the C code against."""
+    parent, last = posixpath.dirname(path), path[path.rfind("/") + 1:]
+    checks = {
+        "exact": lambda t: path == t, "prefix": path.startswith, "suffix": path.endswith,
+        "contains": lambda t: t in path, "directory": lambda t: parent == t,
+        "filename": lambda t: last == t,
+    }
+    return any(checks[t.kind](t.text) for t in tests)

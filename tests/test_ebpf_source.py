@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from detector.engine.pathtests import PathTest
+from detector.sources.ebpf import loader
 from detector.sources.ebpf.source import STATE_SYSCALLS, EbpfSource
 from detector.sources.record import Record
 from tests.ebpf_support import (
@@ -35,6 +37,7 @@ from tests.ebpf_support import (
     prepared_node,
     sys_call,
 )
+from tests.engine_support import passes
 
 RULE_TYPES = ["open", "openat", "openat2", "execve", "execveat", "connect", "sendto", "sendmsg",
               "socket", "dup", "dup2", "dup3", "symlink", "symlinkat", "link", "linkat", "ptrace",
@@ -465,3 +468,145 @@ def test_reading_while_the_kernel_writes_loses_nothing(node: None) -> None:
             received += sum(r.pid == pid and r.kind == "openat2" for r in batch)
         assert (received, src.drops().total) == (produced, 0)
 
+
+
+# ---- kernel-side filters ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def filtered(node: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        tuple[EbpfSource, Path, tuple[PathTest, ...]]]:
+    base = tmp_path_factory.mktemp("filtered")
+    tests = (PathTest("exact", f"{base}/exact"), PathTest("prefix", f"{base}/pre"),
+             PathTest("suffix", "_sfx"), PathTest("contains", "..x"),
+             PathTest("directory", f"{base}/dir"), PathTest("filename", "fname"),
+             PathTest("directory", "/"), PathTest("directory", f"{base}/trail/"))
+    with EbpfSource(TRACED_TYPES, open_paths=tests, closes_for_state_only=True) as src:
+        assert src.filters_opens
+        yield src, base, tests
+
+
+def test_open_filter_matches_the_reference_and_passes_what_it_cannot_judge(
+        filtered: tuple[EbpfSource, Path, tuple[PathTest, ...]]) -> None:
+    src, base, tests = filtered
+    judged = [f"{base}/{name}" for name in (
+        "exact", "exact2", "pre", "prefix-file", "pr", "a_sfx", "a_sfx/b", "c..xd", "c.x",
+        "dir/f", "dir/sub/f", "dirx/f", "q/fname", "q/fname2", "fname/q", "trail/f",
+        "caf\u00e9_sfx")] + ["/lanner-top-level-f", "/e"]
+    unjudged = ["rel/exact", f"{base}//exact2", f"{base}/./exact2", f"{base}/q/../x",
+                f"{base}/x/.", f"{base}/x/..", f"{base}/x/", f"{base}/" + "l" * 300]
+    expected = {path for path in judged if passes(tests, path)} | set(unjudged)
+    assert expected & set(judged) and set(judged) - expected  # both kinds are there
+
+    def body() -> None:
+        for path in judged + unjudged:
+            with contextlib.suppress(OSError):
+                os.open(path, os.O_RDONLY)
+        for flag in (os.O_DIRECTORY, os.O_PATH):  # may become a dirfd: always reported
+            with contextlib.suppress(OSError):
+                os.open(f"{base}/flagged", flag)
+        assert sys_call(SYS_OPEN, f"{base}/exact".encode(), os.O_RDONLY, 0) < 0
+        assert sys_call(SYS_OPEN, f"{base}/exact2".encode(), os.O_RDONLY, 0) < 0
+        how = (ctypes.c_uint64 * 3)(os.O_RDONLY, 0, 0)
+        for path in (f"{base}/q/fname", f"{base}/q/fname2"):
+            assert sys_call(SYS_OPENAT2, AT_FDCWD, path.encode(), how, 24) < 0
+
+    _, records = in_child(src, body)
+    opened = [r.args["name"] for r in records if r.kind == "openat"]
+    assert sorted(opened) == sorted([*expected, f"{base}/flagged", f"{base}/flagged"])
+    assert [r.args["name"] for r in records if r.kind == "open"] == [f"{base}/exact"]
+    assert [r.args["name"] for r in records if r.kind == "openat2"] == [f"{base}/q/fname"]
+
+
+def test_closes_are_reported_only_for_fds_the_tracker_can_hold(
+        filtered: tuple[EbpfSource, Path, tuple[PathTest, ...]]) -> None:
+    src, base, _ = filtered
+    (base / "plain").write_text("x")
+    (base / "exact").write_text("x")
+
+    def marker(name: str) -> None:  # a relative open, always reported (it fails)
+        with contextlib.suppress(OSError):
+            os.open(f"exact-{name}", os.O_RDONLY)
+
+    def body() -> None:
+        os.close(os.open(base / "plain", os.O_RDONLY))  # first close: the set is unknown yet
+        os.chdir(base)
+        marker("1")
+        os.close(os.open(base / "plain", os.O_RDONLY))  # filtered open: no close either
+        marker("2")
+        os.close(os.open(base / "exact", os.O_RDONLY))  # reported open: its close too
+        marker("3")
+        os.close(socket.socket().detach())  # a socket: reported, and so is its close
+        marker("4")
+        fd = os.open(base / "plain", os.O_RDONLY)
+        os.dup2(fd, 100)  # names both fds: both held now
+        os.close(100)
+        os.close(fd)
+        kept = os.open(base / "exact", os.O_RDONLY)
+        marker("5")
+        child = os.fork()  # a child starts with its parent's held set
+        if child == 0:
+            os.close(kept)
+            marker("g1")
+            os.close(os.open(base / "plain", os.O_RDONLY))
+            marker("g2")
+            os.close(os.open(base / "plain", os.O_RDONLY))
+            marker("g3")
+            os._exit(0)
+        os.waitpid(child, 0)
+
+    drain(src)
+    pid = os.fork()
+    if pid == 0:
+        body()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    records = collect(src, exited(pid))  # the grandchild's too: in_child keeps only the child's
+
+    def tokens(who: int) -> list[str]:
+        out = []
+        for r in records:
+            if r.pid != who:
+                continue
+            if r.kind == "openat":
+                out.append("open " + r.args["name"].rsplit("/", 1)[-1])
+            elif r.kind in ("close", "socket", "dup2"):
+                out.append(r.kind)
+        return out
+
+    ours = tokens(pid)
+    assert ours[ours.index("open exact-1"):] == [
+        "open exact-1", "open exact-2", "open exact", "close", "open exact-3", "socket",
+        "close", "open exact-4", "dup2", "close", "close", "open exact", "open exact-5"]
+    grandchild = next(r.args["child_pid"] for r in records
+                      if r.kind == "clone" and r.pid == pid)
+    theirs = tokens(grandchild)
+    assert theirs[:2] == ["close", "open exact-g1"]
+    assert theirs[-2:] == ["open exact-g2", "open exact-g3"]
+
+
+# ---- the loader child ------------------------------------------------------------------------
+
+
+def test_a_program_that_does_not_compile_says_why(node: None) -> None:
+    with pytest.raises(loader.LoadError, match="did not load") as failure:
+        loader.load("TRACEPOINT_PROBE(sched, sched_process_exit) { return no_such_name; }",
+                    [], None)
+    assert "no_such_name" in str(failure.value)
+
+
+def test_the_detector_holds_only_fds_and_closing_them_detaches(node: None) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    with EbpfSource(["openat"], state=False) as src:
+        maps = Path("/proc/self/maps").read_text()
+        assert "libLLVM" not in maps and "libclang" not in maps, "the compiler stays behind"
+        held = set(os.listdir("/proc/self/fd")) - before
+        # the tracepoints' perf events, the two maps, and the ring's two mappings' own fds
+        assert len(held) == len(src.attached()) + len(loader.MAPS) + 2
+        def body() -> None:
+            with contextlib.suppress(OSError):
+                os.open("/nonexistent/lanner-loader", os.O_RDONLY)
+
+        _, records = in_child(src, body)
+        assert only(records, "openat", name="/nonexistent/lanner-loader").res == -errno.ENOENT
+    assert set(os.listdir("/proc/self/fd")) == before

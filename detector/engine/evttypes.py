@@ -128,10 +128,11 @@ def _sets(node: Tree) -> _Sets:
     if isinstance(node, BoolOr):
         parts = [_sets(item) for item in node.items]
         return _union(p[0] for p in parts), _intersect(p[1] for p in parts)
-    return _leaf(node)
+    return leaf_types(node)
 
 
-def _leaf(node: ast.Compare) -> _Sets:
+def leaf_types(node: ast.Compare) -> _Sets:
+    """The event types for which one comparison can be true, and those it can be false for."""
     left = node.left
     if not isinstance(left, ast.Field) or left.arg is not None:
         return _NEUTRAL

@@ -27,6 +27,7 @@
 #define ARGV_MAX 32        /* argv entries followed through user pointers (failed exec only) */
 #define SOCKADDR_MAX 128   /* sizeof(struct sockaddr_storage) */
 #define FLAG_CLONE_THREAD 0x00010000
+#define FLAG_CLONE_FILES 0x00000400
 #define FLAG_CLONE_VFORK_VM 0x00004100
 #define OVERLAYFS_MAGIC 0x794c7630
 #define FAMILY_INET 2       /* AF_INET, AF_INET6: uapi constants */
@@ -58,15 +59,19 @@ _Static_assert(sizeof(struct event) == EVENT_SIZE, "header is 112 bytes");
 
 /* What an exit probe reports besides the header: integer slots, an optional socket address
  * in user memory, when ``local`` the local end of the socket on local_fd, then nstr
- * NUL-terminated user strings. */
+ * NUL-terminated user strings. ``fds`` flags the slots that are fds (FD_SLOT), and
+ * ``ret_fd`` a result that is one: the state tracker may keep an entry for each (held.c). */
 struct out {
     u64 v[6];
     u64 str[2];
     u64 addr, addrlen;
     s64 local_fd;
     bool local;
+    bool ret_fd;
+    u8 fds;
     int nstr;
 };
+#define FD_SLOT(i) (1 << (i))
 
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct event, 1);    /* too big for the 512-byte BPF stack */
@@ -75,6 +80,11 @@ BPF_PERCPU_ARRAY(drops, u64, N_KINDS);         /* failed ring reservations, per 
  * leaves its mark behind. Declared with the others: bcc crashes on a map declared after a
  * probe when the headers are broken, instead of reporting the error. */
 BPF_TABLE("lru_hash", u32, u8, in_execveat, 1024);
+/* Per process (tgid), the fds the state tracker may hold an entry for; see hold_fds. */
+#define HELD_FDS 1024
+#define HELD_WORDS (HELD_FDS / 64)
+struct held_fds { u64 bits[HELD_WORDS]; };
+BPF_TABLE("lru_hash", u32, struct held_fds, held, 16384);
 
 static __always_inline u64 kread(const void *base, long off)
 {
@@ -90,12 +100,74 @@ static __always_inline u32 kread32(const void *base, long off)
     return v;
 }
 
-/* The current syscall's arguments (a[0..5]) and number, from the saved user registers. */
+/* ---- closes worth reporting ----------------------------------------------------------------
+ * The tracker keeps an fd table per process from the events it gets, and needs a close only
+ * for an fd it has an entry for. Opens the path filter drops (syscalls.c) never give it one,
+ * so with FILTER_CLOSE (close traced for the state alone, no rule asks for it) a close is
+ * reported only if its fd is held: an event that could have made an entry (one naming the fd)
+ * was reported since the fd's last reported close. The map entry of a process is its held
+ * set; a process without one (started before us, or evicted from the LRU) holds every fd,
+ * which is always safe: it only costs reports. A child starts with a copy of its parent's
+ * set (its fd table is a copy), a process that shares its table without being a thread
+ * (CLONE_FILES) with none. Fds from HELD_FDS up are always reported. */
+/* The word of fd's bit. The empty asm hides fd's range from the compiler, which would
+ * otherwise drop the mask as redundant, and the verifier needs it to bound the access. */
+static __always_inline u64 *held_word(struct held_fds *h, u32 fd)
+{
+    asm volatile("" : "+r"(fd));
+    return &h->bits[(fd >> 6) & (HELD_WORDS - 1)];
+}
+
+static __always_inline void hold_one(struct held_fds *h, s64 fd)
+{
+    if (fd >= 0 && fd < HELD_FDS)
+        __sync_fetch_and_or(held_word(h, fd), 1ULL << (fd & 63));
+}
+
+static __always_inline void hold_fds(s64 ret_fd, u8 slots, u64 *v)
+{
+#ifdef FILTER_CLOSE
+    if (ret_fd < 0 && !slots)
+        return;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct held_fds *h = held.lookup(&tgid);
+    if (!h)
+        return;
+    hold_one(h, ret_fd);
+    for (int i = 0; i < 6; i++)
+        if (slots & (1 << i))
+            hold_one(h, (s32)v[i]);
+#endif
+}
+
+/* Whether a close of fd is reported; it is no longer held after. */
+static __always_inline bool release_fd(s64 fd)
+{
+    if (fd < 0 || fd >= HELD_FDS)
+        return true;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct held_fds *h = held.lookup(&tgid);
+    u64 mask = 1ULL << (fd & 63);
+    if (!h) {
+        struct held_fds all;
+        __builtin_memset(&all, 0xff, sizeof(all));
+        *held_word(&all, fd) = ~mask;
+        held.insert(&tgid, &all);
+        return true;
+    }
+    u64 *word = held_word(h, fd);
+    if (!(*word & mask))
+        return false;
+    __sync_fetch_and_and(word, ~mask);
+    return true;
+}
+
+/* The current syscall's arguments (a[0..5]) and number, from the saved user registers.
+ * bpf_task_pt_regs gives a BTF-typed pointer, so these are plain loads (at the indexes BTF
+ * gave), not probe reads: a third of the cost of reading the block. */
 static __always_inline u64 syscall_args(u64 *a)
 {
-    u64 regs[REGS_WORDS] = {};
-    bpf_probe_read_kernel(regs, sizeof(regs),
-                          (void *)bpf_task_pt_regs(bpf_get_current_task_btf()));
+    u64 *regs = (u64 *)bpf_task_pt_regs(bpf_get_current_task_btf());
     a[0] = regs[REG_DI];
     a[1] = regs[REG_SI];
     a[2] = regs[REG_DX];
@@ -105,12 +177,8 @@ static __always_inline u64 syscall_args(u64 *a)
     return regs[REG_ORIG_AX];
 }
 
-static __always_inline struct event *begin(u32 kind, s64 res)
+static __always_inline void fill(struct event *e, u32 kind, s64 res)
 {
-    int zero = 0;
-    struct event *e = scratch.lookup(&zero);
-    if (!e)
-        return NULL;
     u64 id = bpf_get_current_pid_tgid();
     /* bpf_get_current_uid_gid() gives the real ids; rules want the effective ones. */
     void *cred = (void *)kread((void *)bpf_get_current_task(), OFF_TASK_CRED);
@@ -127,7 +195,22 @@ static __always_inline struct event *begin(u32 kind, s64 res)
     e->blob = 0;
     e->local = 0;
     bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+static __always_inline struct event *begin(u32 kind, s64 res)
+{
+    int zero = 0;
+    struct event *e = scratch.lookup(&zero);
+    if (e)
+        fill(e, kind, res);
     return e;
+}
+
+static __always_inline void count_drop(u32 kind)
+{
+    u64 *n = drops.lookup(&kind);
+    if (n)
+        (*n)++;
 }
 
 static __always_inline int submit(struct event *e, u32 off)
@@ -135,12 +218,8 @@ static __always_inline int submit(struct event *e, u32 off)
     u32 len = (offsetof(struct event, data) + off) & (EVENT_SIZE - 1);
     /* Never wake the reader: a wakeup is an IPI, ~10 us of the traced task's time in a VM.
      * The reader polls instead (source.py). */
-    if (events.ringbuf_output(e, len, BPF_RB_NO_WAKEUP)) {
-        u32 kind = e->kind;
-        u64 *n = drops.lookup(&kind);
-        if (n)
-            (*n)++;
-    }
+    if (events.ringbuf_output(e, len, BPF_RB_NO_WAKEUP))
+        count_drop(e->kind);
     return 0;
 }
 
@@ -185,6 +264,20 @@ static __always_inline u32 put_local(struct event *e, u32 off, s64 fd)
 
 static __always_inline int emit(u32 kind, s64 ret, struct out o)
 {
+    hold_fds(o.ret_fd ? ret : -1, o.fds, o.v);
+    if (!o.addr && !o.local && !o.nstr) {
+        /* Nothing variable: reserve the header in the ring and write it there, which saves
+         * the copy from scratch (a third of the cost of a small event). */
+        struct event *e = events.ringbuf_reserve(offsetof(struct event, data));
+        if (!e) {
+            count_drop(kind);
+            return 0;
+        }
+        fill(e, kind, ret);
+        __builtin_memcpy(e->arg, o.v, sizeof(o.v));
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        return 0;
+    }
     struct event *e = begin(kind, ret);
     if (!e)
         return 0;
@@ -235,6 +328,16 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     else if (nr == NR_VFORK)
         flags = FLAG_CLONE_VFORK_VM;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
+#ifdef FILTER_CLOSE
+    if (!(flags & FLAG_CLONE_THREAD)) {
+        u32 child = args->child_pid;
+        struct held_fds *h = held.lookup(&tgid);
+        if (h && !(flags & FLAG_CLONE_FILES))
+            held.update(&child, h);
+        else
+            held.delete(&child);
+    }
+#endif
     return emit(K_clone, args->child_pid, (struct out){.v = {
         flags & FLAG_CLONE_THREAD ? tgid : args->child_pid, args->child_pid, flags}});
 }
@@ -389,6 +492,13 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     s64 group_dead = args->group_dead;
 #else
     s64 group_dead = -1;
+#endif
+#ifdef FILTER_CLOSE
+    u64 id = bpf_get_current_pid_tgid();
+    if (group_dead == 1 || (group_dead == -1 && (u32)id == id >> 32)) {
+        u32 tgid = id >> 32;
+        held.delete(&tgid);
+    }
 #endif
     return emit(K_procexit, 0, (struct out){
         .v = {kread32(task, OFF_TASK_EXIT_CODE), group_dead}});

@@ -6,9 +6,11 @@ from one Python thread. The layout is the kernel's (kernel/bpf/ringbuf.c), stabl
 
 - page 0, writable: the consumer position (u64), which only the reader advances;
 - page 1: the producer position (u64);
-- from page 2: the data, mapped twice in a row so a record wrapping past the end reads as one
-  slice. Each record is an 8-byte header (u32 length with a BUSY bit while the producer
-  writes it and a DISCARD bit, u32 page offset) and the payload, padded to 8 bytes.
+- from page 2: the data. The kernel offers it mapped twice in a row, so that a record wrapping
+  past the end reads as one slice; we map it once (the second view would count its size
+  again in the detector's RSS) and join the two parts of a wrapping record. Each record is an
+  8-byte header (u32 length with a BUSY bit while the producer writes it and a DISCARD bit,
+  u32 page offset) and the payload, padded to 8 bytes. Headers never wrap.
 
 x86_64 keeps loads in order, so reading the producer position, then a header whose BUSY bit
 is clear, then its payload, sees the payload the producer wrote before clearing that bit.
@@ -32,9 +34,10 @@ class RingReader:
         page = mmap.PAGESIZE
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
                                    mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._ring = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+        self._ring = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ,
                                offset=page)
         self._data = page  # where the data starts in self._ring
+        self._end = page + size
         self._mask = size - 1
         # The positions as u64 views: an item is read or written with one 8-byte memcpy, a
         # single load or store. (struct.pack_into zeroes its target first: the kernel could
@@ -44,7 +47,8 @@ class RingReader:
 
     def read(self, limit: int) -> list[bytes]:
         """Up to ``limit`` committed records, oldest first, and release their space."""
-        ring, data, mask, length_at = self._ring, self._data, self._mask, _LENGTH.unpack_from
+        ring, data, end, mask = self._ring, self._data, self._end, self._mask
+        length_at = _LENGTH.unpack_from
         consumer, producer = self._consumer_pos[0], self._producer_pos[0]
         records: list[bytes] = []
         while consumer < producer and len(records) < limit:
@@ -54,7 +58,11 @@ class RingReader:
                 break  # reserved, not yet submitted: later records wait behind it
             size = length & ~(_BUSY | _DISCARD)
             if not length & _DISCARD:
-                records.append(ring[start + _HEADER:start + _HEADER + size])
+                first, stop = start + _HEADER, start + _HEADER + size
+                if stop <= end:
+                    records.append(ring[first:stop])
+                else:
+                    records.append(ring[first:end] + ring[data:data + stop - end])
             consumer += (size + _HEADER + 7) & ~7
         self._consumer_pos[0] = consumer
         return records

@@ -118,14 +118,17 @@ def diagnose(headers: str | None = None, *, compile_check: bool = True) -> list[
     if LOCKDOWN.is_file() and "[confidentiality]" in LOCKDOWN.read_text():
         reasons.append("kernel lockdown is in confidentiality mode: BPF may not read kernel "
                        "memory; boot with lockdown=integrity or none")
-    try:
-        import bcc  # noqa: F401
-    except ImportError as exc:
-        reasons.append(f"bcc is not importable from {sys.executable}: {exc} (install "
-                       "python3-bpfcc, then `lanner detector setup` links it into this "
-                       "environment)")
-    except OSError as exc:  # the package imports libbcc.so at import time
-        reasons.append(f"libbcc cannot be loaded: {exc}")
+    # In a child: importing bcc maps clang and LLVM into the process for good (see loader.py).
+    found = subprocess.run([sys.executable, "-c", "import bcc"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    if found.returncode:
+        error = (found.stderr.strip().splitlines() or ["no output"])[-1]
+        if "ModuleNotFoundError" in error or "ImportError" in error:
+            reasons.append(f"bcc is not importable from {sys.executable}: {error} (install "
+                           "python3-bpfcc, then `lanner detector setup` links it into this "
+                           "environment)")
+        else:  # the package loads libbcc.so at import time
+            reasons.append(f"libbcc cannot be loaded: {error}")
     if compile_check and not reasons:
         reasons += _trial_compile(headers)
     return reasons

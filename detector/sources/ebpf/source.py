@@ -3,22 +3,22 @@
 Only what is asked for is attached: the exit tracepoints of the syscalls the rules name plus
 those that keep the state tracker's process and fd tables right (STATE_SYSCALLS), and the
 three sched tracepoints. Each attached syscall costs a tracepoint hit per call, every other
-syscall costs nothing. Struct offsets come from the running kernel's BTF (btf.py), events are
-read straight from the mapped ring buffer (ringbuf.py) and decoded by decode.py.
+syscall costs nothing. Struct offsets come from the running kernel's BTF (btf.py); the
+program is compiled and attached by a short-lived child (loader.py), events are read straight
+from the mapped ring buffer (ringbuf.py) and decoded by decode.py.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from detector.sources.ebpf import setup
+from detector.engine.pathtests import PathTest
+from detector.sources.ebpf import loader, pathfilter, setup
 from detector.sources.ebpf.btf import Btf, BtfError
 from detector.sources.ebpf.decode import LAYOUTS, Decoder
 from detector.sources.ebpf.ringbuf import RingReader
@@ -36,7 +36,6 @@ STATE_SYSCALLS = frozenset({
 SCHED_KINDS = frozenset({"clone", "clone3", "fork", "vfork", "procexit"})
 # The saved user registers the syscall arguments are read from (x86_64 calling convention).
 _REGISTERS = ("di", "si", "dx", "r10", "r8", "r9", "orig_ax")
-_SOURCES = ("program.c", "syscalls.c")
 # Drop categories, as Falco's scap counters group them.
 _CATEGORIES = {
     "clone": "clone_fork_exit", "procexit": "clone_fork_exit",
@@ -171,23 +170,18 @@ def boot_to_wall_offset() -> int:
     return min(samples)[1]
 
 
-@contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
-    """Send fd 2 to ``path``: clang's diagnostics are printed by libbcc, not raised."""
-    saved = os.dup(2)
-    with open(path, "wb") as sink:
-        os.dup2(sink.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 class EbpfSource:
     """The kernel event source. ``poll()`` returns decoded Records in arrival order (one
     ring buffer, so one global order); ``drops()`` counts what the kernel could not queue.
-    Not thread-safe: poll, drops and close from one thread (close after the last poll)."""
+    Not thread-safe: poll, drops and close from one thread (close after the last poll).
+
+    Two kernel-side filters, both off by default: ``open_paths`` (the rules' path tests,
+    detector.engine.pathtests) drops opens of paths no rule can match, and
+    ``closes_for_state_only`` (no rule looks at close events) drops closes of fds the state
+    tracker cannot hold (program.c, hold_fds)."""
+
+    # Events not read yet wait in the ring: a reader may stop reading while it is busy.
+    backlog_in_kernel = True
 
     def __init__(
         self,
@@ -196,8 +190,10 @@ class EbpfSource:
         ring_bytes: int = DEFAULT_RING_BYTES,
         state: bool = True,
         headers: str | None = None,
-        max_batch: int = 65536,
+        max_batch: int = 8192,
         idle_sleep: float = 0.01,
+        open_paths: Sequence[PathTest] | None = None,
+        closes_for_state_only: bool = False,
     ) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
         if ring_bytes < page or ring_bytes & (ring_bytes - 1):
@@ -205,9 +201,9 @@ class EbpfSource:
         reasons = setup.diagnose(headers=headers, compile_check=False)
         if reasons:
             raise EbpfError(reasons)
-        import bcc
-
-        self.plan = plan(event_types, state=state, tracefs=Path(bcc.TRACEFS))
+        tracefs = setup.tracefs_root()
+        assert tracefs is not None  # diagnose() said so otherwise
+        self.plan = plan(event_types, state=state, tracefs=tracefs)
         try:
             offsets = kernel_offsets(Btf())
         except BtfError as exc:
@@ -217,43 +213,32 @@ class EbpfSource:
         cflags += [f"-DK_{kind}={number}" for number, kind in enumerate(kinds)]
         cflags += [f"-DTRACE_{name}" for name in self.plan.traced]
         cflags += [f"-D{macro}={value}" for macro, value in offsets.items()]
-        if "group_dead" in (Path(bcc.TRACEFS) / "events/sched/sched_process_exit/format"
-                            ).read_text():
+        if "group_dead" in (tracefs / "events/sched/sched_process_exit/format").read_text():
             cflags.append("-DHAVE_GROUP_DEAD")
-        text = "".join((Path(__file__).parent / name).read_text() for name in _SOURCES)
+        if closes_for_state_only:
+            cflags.append("-DFILTER_CLOSE")
+        path_tests = pathfilter.render(open_paths)
+        self.filters_opens = path_tests is not None
+        if path_tests is not None:
+            cflags.append("-DPATH_FILTER")
+        here = Path(__file__).parent
+        text = (here / "program.c").read_text() + (here / "syscalls.c").read_text()
+        text += path_tests or ""
         text += "".join(f"RESULT_ONLY({name})\n" for name in sorted(self.plan.result_only))
-        self._bpf = self._compile(bcc, text, cflags, headers)
+        try:
+            self._program = loader.load(text, cflags, headers)
+        except loader.LoadError as exc:
+            raise EbpfError([str(exc)]) from None
+        self._cpus = loader.possible_cpus()
         self._decode = Decoder(kinds, boot_to_wall_offset())
-        self._ring = RingReader(self._bpf[b"events"].map_fd, ring_bytes)
+        self._ring = RingReader(self._program.maps["events"], ring_bytes)
         self._max_batch = max_batch
         self.idle_sleep = idle_sleep
         self._closed = False
 
-    @staticmethod
-    def _compile(bcc: Any, text: str, cflags: list[str], headers: str | None) -> Any:
-        saved_env = os.environ.get("BCC_KERNEL_SOURCE")
-        if headers:
-            os.environ["BCC_KERNEL_SOURCE"] = headers
-        with tempfile.TemporaryDirectory() as scratch:
-            log = Path(scratch) / "stderr"
-            try:
-                with _stderr_to(log):
-                    return bcc.BPF(text=text.encode(), cflags=cflags)
-            except Exception as exc:
-                output = log.read_text(errors="replace").strip()
-                detail = f"{exc}".splitlines()[0]
-                raise EbpfError([f"the BPF program did not load: {detail}"
-                                 + (f"\n{output}" if output else "")]) from None
-            finally:
-                if headers:
-                    if saved_env is None:
-                        os.environ.pop("BCC_KERNEL_SOURCE", None)
-                    else:
-                        os.environ["BCC_KERNEL_SOURCE"] = saved_env
-
     def attached(self) -> list[str]:
         """The tracepoints this program is attached to, as ``category:event``."""
-        return sorted(name.decode() for name in self._bpf.tracepoint_fds)
+        return sorted(self._program.tracepoints)
 
     def poll(self, timeout: float | None = None) -> list[Record]:
         """Records that arrived (at most ``max_batch``); if none have, wait up to ``timeout``
@@ -280,21 +265,21 @@ class EbpfSource:
 
     def drops(self) -> Drops:
         """Kernel drops so far, read from the per-CPU counters (a few hundred µs)."""
-        per_cpu: list[int] = []
+        per_cpu = [0] * self._cpus
         per_kind: dict[str, int] = {}
-        for key, counts in self._bpf[b"drops"].items():
-            per_cpu = per_cpu or [0] * len(counts)
+        for key, kind in enumerate(self._decode.kinds):
+            counts = loader.lookup_percpu_u64(self._program.maps["drops"], key, self._cpus)
             for cpu, count in enumerate(counts):
                 per_cpu[cpu] += count
             if total := sum(counts):
-                per_kind[self._decode.kinds[key.value]] = total
+                per_kind[kind] = total
         return Drops(tuple(per_cpu), per_kind)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._ring.close()
-            self._bpf.cleanup()
+            self._program.close()
 
     def __enter__(self) -> EbpfSource:
         return self
