@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
 
 from sidekick.alert import Alert, Priority, parse_duration
 
@@ -58,6 +58,9 @@ def parse_priority(value: Any) -> Priority | None:
     return Priority.parse(str(value))
 
 
+_NOT_IN_FIELD_NAME = re.compile(r"[\s,\x00-\x1f\x7f]")
+
+
 class OutputConfig(BaseModel):
     """Keys common to every output, named as in Falcosidekick."""
 
@@ -78,16 +81,36 @@ class OutputConfig(BaseModel):
     maxconcurrentrequests: int = 1
     maxattempts: int = 10  # then dead letter
     maxage: float = 86400.0  # seconds since acceptance; then dead letter
+    # Alert fatigue control (the hub's sidekick.aggregation): 0 is off.
+    aggregatewindow: float = Field(0.0, ge=0)
+    aggregatefields: list[str] = []  # output_fields names that split a rule's repeats
 
     @field_validator("minimumpriority", mode="before")
     @classmethod
     def _priority(cls, value: Any) -> Priority | None:
         return parse_priority(value)
 
-    @field_validator("timeout", "batchwindow", "maxage", mode="before")
+    @field_validator("timeout", "batchwindow", "maxage", "aggregatewindow", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
+
+    @field_validator("aggregatefields", mode="before")
+    @classmethod
+    def _field_names(cls, value: Any) -> Any:
+        # A comma-separated string too, in YAML as in env.
+        if isinstance(value, str):
+            return value.split(",") if value.strip() else []
+        return value
+
+    @field_validator("aggregatefields")
+    @classmethod
+    def _check_field_names(cls, value: list[str]) -> list[str]:
+        names = [name.strip() for name in value]
+        for name in names:
+            if not name or _NOT_IN_FIELD_NAME.search(name):
+                raise ValueError(f"{name[:64]!r} is not an output field name")
+        return list(dict.fromkeys(names))
 
     @field_serializer("minimumpriority")
     def _priority_name(self, value: Priority | None) -> str:

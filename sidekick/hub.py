@@ -10,6 +10,7 @@ import grpc
 
 from outputs import REGISTRY
 from outputs.base import Output
+from sidekick.aggregation import Aggregation
 from sidekick.alert import Alert, now_ns
 from sidekick.broadcast import Broadcaster
 from sidekick.config import HubConfig
@@ -22,6 +23,10 @@ from sidekick.store.base import Store
 
 log = logging.getLogger("lanner.hub")
 
+# How often ended aggregation windows are looked for: a summary goes out this late at most
+# after its window ends (plus the output's queue).
+_FLUSH_EVERY_S = 0.5
+_FLUSH_CHUNK = 500  # windows closed per store call
 
 
 class Hub:
@@ -39,8 +44,14 @@ class Hub:
             name: REGISTRY[name](output_config, config.public_url())
             for name, output_config in config.outputs.items()
         }
+        self.aggregations = {
+            name: Aggregation(int(c.aggregatewindow * 1e9), tuple(c.aggregatefields))
+            for name, c in config.outputs.items()
+            if c.aggregatewindow > 0
+        }
         self._workers: list[OutputWorkers] = []
         self._retention: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -51,6 +62,9 @@ class Hub:
             workers.start()
             self._workers.append(workers)
         self._retention = asyncio.create_task(self._retention_loop(), name="retention")
+        # Always, even with no output aggregating now: windows an earlier run left in the
+        # store still owe their summaries.
+        self._flusher = asyncio.create_task(self._flush_loop(), name="aggregation-flush")
         if self.config.grpcport:
             self._grpc = await start_grpc_server(
                 self.accept_grpc,
@@ -76,9 +90,10 @@ class Hub:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await asyncio.gather(*(w.stop(self.config.delivery.drain) for w in self._workers))
-        if self._retention is not None:
-            self._retention.cancel()
-            await asyncio.gather(self._retention, return_exceptions=True)
+        for task in (self._retention, self._flusher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for output in self.outputs.values():
             await output.close()
         await self.store.close()
@@ -91,8 +106,11 @@ class Hub:
             alert.ensure_uuid()
             enrich(alert, customfields, customtags)
             batch.append((alert, route(self.config.outputs, alert)))
-        fresh = await self.store.accept(batch, self.config.dedupwindow)
+        result = await self.store.ingest(batch, self.config.dedupwindow, self.aggregations)
+        fresh = result.fresh
         accepted = [alert for alert, new in zip(alerts, fresh, strict=True) if new]
+        for name, count in result.aggregated.items():
+            self.metrics.aggregated.labels(name).inc(count)
         self.metrics.count_events(accepted)
         self.metrics.inputs.labels(source, "accepted").inc(len(alerts))
         if len(accepted) < len(alerts):
@@ -116,6 +134,18 @@ class Hub:
             except Exception:
                 log.exception("retention failed; will try again")
             await asyncio.sleep(retention.interval)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            try:
+                closed = _FLUSH_CHUNK
+                while closed == _FLUSH_CHUNK:  # a full chunk: more may have ended
+                    closed, queued = await self.store.flush_windows(_FLUSH_CHUNK)
+                    if queued:
+                        log.info("aggregation summaries queued: %s", queued)
+            except Exception:
+                log.exception("aggregation flush failed; will try again")
+            await asyncio.sleep(_FLUSH_EVERY_S)
 
     async def refresh_gauges(self) -> None:
         """Queue gauges from the store; /metrics calls it, so they are fresh at each scrape."""

@@ -75,6 +75,12 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.aggregated = Counter(
+            "lanner_aggregated_alerts",
+            "Alerts counted into an aggregation window instead of delivered on their own",
+            ["destination"],
+            registry=r,
+        )
         self.latency = Histogram(
             "lanner_delivery_latency_seconds",
             "From acceptance by the hub to delivered",

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import abc
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidekick.aggregation import Aggregation
 from sidekick.alert import Alert, Priority
 
 
@@ -23,6 +25,12 @@ class Delivery:
     alert: Alert
     attempts: int  # attempts already made before this lease
     accepted_ns: int  # when the hub accepted the alert; bounds the retry age
+
+
+@dataclass(slots=True)
+class Ingested:
+    fresh: list[bool]  # per alert: False when its uuid was a duplicate
+    aggregated: dict[str, int]  # per output: alerts counted into a window instead of queued
 
 
 @dataclass(slots=True)
@@ -128,15 +136,35 @@ class Store(abc.ABC):
 
     # --- ingest -----------------------------------------------------------------------------
 
-    @abc.abstractmethod
     async def accept(
         self, batch: list[tuple[Alert, list[str]]], dedup_window_s: float
     ) -> list[bool]:
+        """``ingest`` with no output aggregating."""
+        return (await self.ingest(batch, dedup_window_s, {})).fresh
+
+    @abc.abstractmethod
+    async def ingest(
+        self,
+        batch: list[tuple[Alert, list[str]]],
+        dedup_window_s: float,
+        aggregations: Mapping[str, Aggregation],
+    ) -> Ingested:
         """Durably store each alert (it has a uuid) and one delivery per named output.
 
-        Returns, per alert, True if it was new, False if its uuid was already accepted within
-        ``dedup_window_s`` (then nothing is stored or queued for it). When this returns, the
-        result survives a kill -9 of the process.
+        An alert is new unless its uuid was already accepted within ``dedup_window_s`` (then
+        nothing is stored, queued or counted for it). For a named output in ``aggregations``,
+        a new alert opens a window of its group and is queued, or falls inside the group's
+        open window and is only counted there (``sidekick.aggregation``). When this returns,
+        the result survives a kill -9 of the process.
+        """
+
+    @abc.abstractmethod
+    async def flush_windows(self, limit: int) -> tuple[int, dict[str, int]]:
+        """Close up to ``limit`` ended windows: queue a summary for each that counted repeats.
+
+        Returns how many windows this call closed, and the summaries it queued per output.
+        Safe to run on every replica at once: each window is closed, and its summary queued,
+        exactly once.
         """
 
     # --- delivery queue ---------------------------------------------------------------------

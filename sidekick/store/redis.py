@@ -18,19 +18,21 @@ Key layout (prefix ``lanner:`` by default):
 - ``dead:<output>``    ZSET dead-letter id by dead_ns; ``deadrec:<output>`` HASH id -> record
 - ``deadseq``          dead-letter id counter; ``deadouts`` SET of outputs with dead letters
 - ``ixkeys``           SET of the index keys, for stats over a time range without a scan
+- ``agg:*``, ``aggcur:*``, ``aggdue``  aggregation windows (``redis_aggregate``)
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from sidekick.aggregation import Aggregation
 from sidekick.alert import Alert, Priority, now_ns
 from sidekick.store import redis_scripts as lua
 from sidekick.store.base import (
@@ -38,6 +40,7 @@ from sidekick.store.base import (
     Delivery,
     EventPage,
     EventQuery,
+    Ingested,
     QueueStats,
     Stats,
     Store,
@@ -45,6 +48,7 @@ from sidekick.store.base import (
     encode_cursor,
     search_text,
 )
+from sidekick.store.redis_aggregate import RedisWindows, route
 
 GROUP = "lanner"
 _T_OFFSET = 10**20  # keeps pre-1970 times (down to year 0) positive in index members
@@ -106,6 +110,7 @@ class RedisStore(Store):
         self._prune_ixkeys = reg(lua.PRUNE_IXKEYS)
         self._complete = reg(lua.COMPLETE)
         self._retry, self._bury, self._redrive = reg(lua.RETRY), reg(lua.BURY), reg(lua.REDRIVE)
+        self._windows = RedisWindows(self._r, self.p)
 
     async def close(self) -> None:
         if self._r is not None:
@@ -133,11 +138,14 @@ class RedisStore(Store):
 
     # --- ingest -----------------------------------------------------------------------------
 
-    async def accept(
-        self, batch: list[tuple[Alert, list[str]]], dedup_window_s: float
-    ) -> list[bool]:
+    async def ingest(
+        self,
+        batch: list[tuple[Alert, list[str]]],
+        dedup_window_s: float,
+        aggregations: Mapping[str, Aggregation],
+    ) -> Ingested:
         if not batch:
-            return []
+            return Ingested([], {})
         args: list[Any] = [self.p, max(1, int(dedup_window_s * 1000)), now_ns()]
         for alert, outputs in batch:
             if not alert.uuid:
@@ -154,8 +162,14 @@ class RedisStore(Store):
             ixs_arg = "\0".join(ixs)
             if "\0" in ixs_arg:
                 ixs_arg = "\0".join(x.replace("\0", "\ufffd") for x in ixs)
-            args += (m, orjson.dumps(d), ixs_arg, "\0".join(dict.fromkeys(outputs)))
-        return [bool(x) for x in await self._accept(args=args)]
+            routes = [route(o, aggregations.get(o), alert) for o in dict.fromkeys(outputs)]
+            args += (m, orjson.dumps(d), ixs_arg, "\0".join(routes))
+        fresh, tally = await self._accept(args=args)
+        counted = dict(zip(tally[::2], map(int, tally[1::2]), strict=True))
+        return Ingested([bool(x) for x in fresh], counted)
+
+    async def flush_windows(self, limit: int) -> tuple[int, dict[str, int]]:
+        return await self._windows.flush(limit)
 
     # --- delivery queue ---------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ ARGV: fine for one Redis (or a primary with replicas), not for Redis Cluster.
 
 from __future__ import annotations
 
+from sidekick.store.redis_aggregate import ADMIT
+
 # Index keys of an event JSON; must match RedisStore._ix() (NUL is the separator of the
 # index list accept gets, so it is replaced in key names on both sides).
 _UNINDEX = """
@@ -31,14 +33,19 @@ end
 """
 
 # ARGV: prefix, dedup window ms, accepted_ns, then per alert: index member (its tail after 23
-# characters is the uuid), event JSON, NUL-joined index key suffixes, NUL-joined outputs.
+# characters is the uuid), event JSON, NUL-joined index key suffixes, NUL-joined outputs (each
+# a name, or an aggregating output's route: see redis_aggregate.ADMIT).
 # Few arguments per alert (packing them costs the client more than splitting costs here), and
-# one ZADD per index key per batch rather than per alert. Returns 1 (new) or 0 per alert.
+# one ZADD per index key per batch rather than per alert. Returns {1 (new) or 0 per alert,
+# flat (output, alerts its windows counted instead of queueing)}.
 ACCEPT = (
     _UNINDEX
+    + ADMIT
     + """
 local p, win, t = ARGV[1], ARGV[2], ARGV[3]
-local res, adds, order = {}, {}, {}
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local res, adds, order, counted, counters = {}, {}, {}, {}, {}
 local function add(key, m)
   local l = adds[key]
   if not l then
@@ -66,8 +73,17 @@ for i = 4, #ARGV, 4 do
     for suffix in string.gmatch(ARGV[i + 2], '[^%z]+') do
       add(p .. 'ix:' .. suffix, m)
     end
-    for out in string.gmatch(ARGV[i + 3], '[^%z]+') do
-      redis.call('XADD', p .. 'q:' .. out, '*', 'a', j, 't', t, 'n', '0')
+    for r in string.gmatch(ARGV[i + 3], '[^%z]+') do
+      local out, aggregated = admit(p, r, j, now)
+      if out then
+        redis.call('XADD', p .. 'q:' .. out, '*', 'a', j, 't', t, 'n', '0')
+      else
+        if not counters[aggregated] then
+          counters[aggregated] = 0
+          counted[#counted + 1] = aggregated
+        end
+        counters[aggregated] = counters[aggregated] + 1
+      end
     end
     res[#res + 1] = 1
   else
@@ -84,7 +100,12 @@ end
 for s = 1, #order, 4000 do
   redis.call('SADD', p .. 'ixkeys', unpack(order, s, math.min(s + 3999, #order)))
 end
-return res
+local tally = {}
+for _, out in ipairs(counted) do
+  tally[#tally + 1] = out
+  tally[#tally + 1] = counters[out]
+end
+return {res, tally}
 """
 )
 

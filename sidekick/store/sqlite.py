@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +26,16 @@ from typing import Any, TypeVar
 
 import orjson
 
+from sidekick.aggregation import Aggregation
 from sidekick.alert import Alert
+from sidekick.store import sqlite_aggregate as windows
 from sidekick.store import sqlite_schema as sql
 from sidekick.store.base import (
     DeadLetter,
     Delivery,
     EventPage,
     EventQuery,
+    Ingested,
     QueueStats,
     Stats,
     Store,
@@ -53,7 +56,8 @@ _RETENTION_CHUNK = 250  # events deleted per transaction (~4 ms); accepts go in 
 class _Job:
     batch: list[tuple[Alert, list[str]]]
     window_ns: int
-    future: asyncio.Future[list[bool]]
+    aggregations: Mapping[str, Aggregation]
+    future: asyncio.Future[Ingested]
 
 
 class SqliteStore(Store):
@@ -145,6 +149,7 @@ class SqliteStore(Store):
             for pragma in sql.PRAGMAS:
                 conn.execute(pragma)
             conn.executescript(sql.SCHEMA)
+            conn.executescript(windows.SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
             if "leased_until" not in columns:  # a database from before leased_until
                 conn.execute("ALTER TABLE deliveries ADD COLUMN leased_until INTEGER")
@@ -214,16 +219,19 @@ class SqliteStore(Store):
 
     # --- ingest -----------------------------------------------------------------------------
 
-    async def accept(
-        self, batch: list[tuple[Alert, list[str]]], dedup_window_s: float
-    ) -> list[bool]:
+    async def ingest(
+        self,
+        batch: list[tuple[Alert, list[str]]],
+        dedup_window_s: float,
+        aggregations: Mapping[str, Aggregation],
+    ) -> Ingested:
         if not batch:
-            return []
+            return Ingested([], {})
         for alert, _ in batch:
             if not alert.uuid:
                 raise ValueError("every accepted alert needs a uuid (call ensure_uuid)")
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(batch, int(dedup_window_s * 1e9), future))
+        future: asyncio.Future[Ingested] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(batch, int(dedup_window_s * 1e9), aggregations, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -251,9 +259,9 @@ class SqliteStore(Store):
         finally:
             self._flusher = None
 
-    def _write_accepts(self, jobs: list[_Job]) -> tuple[list[list[bool]], set[str]]:
+    def _write_accepts(self, jobs: list[_Job]) -> tuple[list[Ingested], set[str]]:
         now = time.time_ns()
-        results = [[False] * len(job.batch) for job in jobs]
+        results = [Ingested([False] * len(job.batch), {}) for job in jobs]
         groups: dict[int, list[tuple[int, int]]] = {}  # window -> (job, item) positions
         for j, job in enumerate(jobs):
             groups.setdefault(job.window_ns, []).extend((j, i) for i in range(len(job.batch)))
@@ -284,9 +292,10 @@ class SqliteStore(Store):
                     if alert.uuid not in fresh:
                         continue
                     fresh.discard(alert.uuid)  # the statement stored the first copy only
-                    results[j][i] = True
+                    results[j].fresh[i] = True
                     tags.extend((tag, alert.time_ns, alert.uuid) for tag in alert.tags)
-                    for name in dict.fromkeys(jobs[j].batch[i][1]):
+                    for name in windows.due_now(conn, jobs[j].batch[i][1], jobs[j].aggregations,
+                                                alert, blob, now, results[j].aggregated):
                         deliveries.append((name, blob, now, now))
                         outputs.add(name)
             for chunk in sql.sized(tags):
@@ -313,6 +322,16 @@ class SqliteStore(Store):
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dedup_window_ns', ?)",
                          (window_ns,))
             self._max_window_ns = window_ns
+
+    async def flush_windows(self, limit: int) -> tuple[int, dict[str, int]]:
+        def run() -> tuple[int, dict[str, int]]:
+            with self._txn() as conn:
+                return windows.flush(conn, time.time_ns(), limit)
+
+        closed, queued = await self._run(run)
+        for name in queued:
+            self._wake(name)
+        return closed, queued
 
     # --- delivery queue ---------------------------------------------------------------------
 
