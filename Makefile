@@ -2,6 +2,8 @@
 VENV := .venv
 STAMP := $(VENV)/.installed
 DATADIR ?= data
+LISTENPORT ?= 2801
+GRPCPORT ?= 5060
 
 .PHONY: run test lint bench setup
 
@@ -11,10 +13,11 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)
 
+# The hub, and as root the detector publishing to it; Ctrl-C stops both (`lanner run -h`).
+# RUN_ARGS: more options, e.g. RUN_ARGS="--listenaddress 0.0.0.0 -- --rules my_rules.yaml"
+# (after --: options of `lanner detect`).
 run: $(STAMP)
-	@echo "Lanner hub: http://127.0.0.1:2801  (gRPC :5060, data in $(DATADIR)/)"
-	@echo "Send a test alert:  curl -s -XPOST http://127.0.0.1:2801/test"
-	$(VENV)/bin/lanner sidekick --datadir $(DATADIR)
+	@$(VENV)/bin/lanner run --datadir $(DATADIR) --listenport $(LISTENPORT) --grpcport $(GRPCPORT) $(RUN_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

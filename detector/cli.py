@@ -343,9 +343,10 @@ def _detect_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", nargs="+", type=Path, default=[DEFAULT_RULES], metavar="FILE",
                    help=f"rules files, loaded in order (default: {DEFAULT_RULES.name})")
     p.add_argument("--output", action="append", metavar="SPEC",
-                   help="stdout (default), file:PATH (appended), or grpc://HOST:PORT[,HOST:PORT]"
-                        " (the hub; token from env LANNER_HUB_TOKEN); may be given more than "
-                        "once")
+                   help="stdout (default), file:PATH (appended), grpc://HOST:PORT[,HOST:PORT]"
+                        " (the hub; token from env LANNER_HUB_TOKEN), or http(s)://HOST:PORT/PATH"
+                        " (as Falco's http_output: a Falcosidekick or the hub); may be given "
+                        "more than once")
     p.add_argument("--format", choices=FORMATS, default="json",
                    help="json: Falco's json_output lines (default); text: Falco's text lines")
     p.add_argument("--source", default="auto", metavar="SOURCE",

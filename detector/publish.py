@@ -8,6 +8,8 @@ source tags time`` in that (alphabetical) order, one object per line. Text is Fa
     --output file:/var/log/lanner/alerts.json
     --output grpc://hub:5060   the hub over gRPC (several: grpc://hub-a:5060,hub-b:5060); the
                                bearer token, if the hub wants one, from env LANNER_HUB_TOKEN
+    --output http://falcosidekick:2801/   as Falco's http_output (or https): a Falcosidekick,
+                               or the hub's HTTP ingest (detector.publish_http)
 """
 
 from __future__ import annotations
@@ -100,7 +102,12 @@ def open_sink(spec: str, fmt: str = "json") -> Sink:
         if not targets:
             raise SinkError("--output grpc:// needs the hub's address, e.g. grpc://hub:5060")
         return GrpcSink(targets)
-    raise SinkError(f"unknown --output {spec!r}: use stdout, file:PATH or grpc://HOST:PORT")
+    if spec.startswith(("http://", "https://")):
+        from detector.publish_http import HttpSink
+
+        return HttpSink(spec)
+    raise SinkError(f"unknown --output {spec!r}: use stdout, file:PATH, grpc://HOST:PORT or "
+                    "http(s)://HOST:PORT/PATH")
 
 
 class GrpcSink:

@@ -1,5 +1,6 @@
 """The `lanner` command. `lanner sidekick` runs the hub; `lanner rules` works on rules files;
-`lanner detect` runs the detector and `lanner detector setup` prepares a node for it."""
+`lanner detect` runs the detector and `lanner detector setup` prepares a node for it; `lanner
+run` (what `make run` starts) runs the hub and the detector together."""
 
 from __future__ import annotations
 
@@ -130,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         from detector.cli import detector_main
 
         return detector_main(argv[1:])
+    if argv[:1] == ["run"]:
+        from sidekick.run import main as run_main
+
+        return run_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lanner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _sidekick_parser(sub)
@@ -137,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rules", help="validate, list and test detection rules (lanner rules -h)")
     sub.add_parser("detect", help="run the detector on this node (lanner detect -h)")
     sub.add_parser("detector", help="prepare this node for the detector (lanner detector -h)")
+    sub.add_parser("run", help="run the hub and, as root, the detector publishing to it "
+                               "(lanner run -h)")
     args = parser.parse_args(argv)
     # Imported here: the config pulls in every output's client library (~0.5 s), which
     # `lanner rules` has no use for.
