@@ -330,6 +330,16 @@ def _summary(report: _Report, focus: CompiledRule | None) -> str:
 # ---- lanner detect / lanner detector setup -----------------------------------------------------
 
 
+def _positive_rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0.0
+    if not rate > 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate: a number of records a second")
+    return rate
+
+
 def _detect_parser() -> argparse.ArgumentParser:
     from detector.publish import FORMATS
     from detector.state.runtime import DEFAULT_SOCKETS
@@ -352,6 +362,9 @@ def _detect_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="auto", metavar="SOURCE",
                    help="auto (eBPF, else the fallback without BPF), ebpf, fallback, or "
                         "records:PATH (Records saved as JSON lines, for tests and replays)")
+    p.add_argument("--replay-rate", type=_positive_rate, metavar="N",
+                   help="with --source records:PATH: replay N records a second (default: as "
+                        "fast as they are evaluated)")
     p.add_argument("--no-fallback", action="store_true",
                    help="with --source auto: exit if eBPF cannot load instead of falling back")
     p.add_argument("--rule-matching", choices=("first", "all"), default="all",
@@ -415,7 +428,8 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
         source, live = open_source(
             args.source, required_event_types(engine.event_types), fallback=not args.no_fallback,
             rules=engine.rules, say=lambda text: _err(f"lanner detect: {text}"),
-            ring_bytes=args.ring_bytes, headers=args.headers, cgroup_root=args.cgroup_root)
+            ring_bytes=args.ring_bytes, headers=args.headers, cgroup_root=args.cgroup_root,
+            replay_rate=args.replay_rate)
     except (SourceError, OSError, ValueError) as exc:
         _err(f"lanner detect: {exc}")
         for sink in sinks:

@@ -60,14 +60,27 @@ def kernel_drops(source: Any) -> int:
 
 
 class IterSource:
-    """Records from an iterable (a recording, a test's list), in batches; finite."""
+    """Records from an iterable (a recording, a test's list), in batches; finite. With
+    ``rate`` (records/s), paced to it: a replay at a steady rate, in batches of 10 ms."""
 
-    def __init__(self, records: Iterable[Record], batch: int = 1024) -> None:
+    def __init__(self, records: Iterable[Record], batch: int = 1024,
+                 rate: float | None = None) -> None:
         self._records: Iterator[Record] = iter(records)
-        self._batch = batch
+        self._batch = batch if rate is None else max(1, min(batch, int(rate / 100)))
+        self._rate = rate
+        self._started: float | None = None
+        self._sent = 0
 
     def poll(self, timeout: float | None = None) -> list[Record] | None:
+        if self._rate is not None:
+            now = time.monotonic()
+            if self._started is None:
+                self._started = now
+            ahead = self._started + self._sent / self._rate - now
+            if ahead > 0:
+                time.sleep(ahead)
         batch = [r for _, r in zip(range(self._batch), self._records, strict=False)]
+        self._sent += len(batch)
         return batch or None
 
     def close(self) -> None:
@@ -320,12 +333,13 @@ class SourceError(Exception):
 def open_source(spec: str, event_types: frozenset[str], *, fallback: bool,
                 rules: Sequence[Any], say: Callable[[str], None],
                 ring_bytes: int | None = None, headers: str | None = None,
-                cgroup_root: str | None = None) -> tuple[Source, bool]:
+                cgroup_root: str | None = None,
+                replay_rate: float | None = None) -> tuple[Source, bool]:
     """The source ``--source`` names and whether it is live: ``records:PATH`` (a recording),
     ``ebpf``, ``fallback``, or ``auto`` (eBPF, else, when ``fallback``, the fallback source).
     Every reason eBPF cannot load is told through ``say``. Raises SourceError."""
     if spec.startswith("records:"):
-        return IterSource(read_records(spec[len("records:"):])), False
+        return IterSource(read_records(spec[len("records:"):]), rate=replay_rate), False
     if spec not in ("auto", "ebpf", "fallback"):
         raise SourceError(f"unknown --source {spec!r}: auto, ebpf, fallback or records:PATH")
     if spec != "fallback":

@@ -376,3 +376,15 @@ def test_cli_falls_back_and_still_catches_an_exec(tmp_path: Path) -> None:
         rest = proc.communicate(timeout=30)[1]
     assert proc.returncode == 0, rest
     assert "alerts=" in rest
+
+
+def test_a_replay_rate_paces_the_records() -> None:
+    records = [record("close", 7, res=0, fd=n) for n in range(300)]
+    source = IterSource(records, rate=1000.0)
+    started = time.monotonic()
+    batches = []
+    while (batch := source.poll()) is not None:
+        batches.append(batch)
+    # 10 ms batches; the last one waits until 290 records' worth of time has passed
+    assert [len(b) for b in batches] == [10] * 30
+    assert time.monotonic() - started >= 0.29
