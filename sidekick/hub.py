@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -52,6 +53,7 @@ class Hub:
         self._workers: list[OutputWorkers] = []
         self._retention: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._relay: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -65,6 +67,9 @@ class Hub:
         # Always, even with no output aggregating now: windows an earlier run left in the
         # store still owe their summaries.
         self._flusher = asyncio.create_task(self._flush_loop(), name="aggregation-flush")
+        others = self.store.live_from_others()
+        if others is not None:
+            self._relay = asyncio.create_task(self._relay_loop(others), name="live-relay")
         if self.config.grpcport:
             self._grpc = await start_grpc_server(
                 self.accept_grpc,
@@ -90,7 +95,7 @@ class Hub:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await asyncio.gather(*(w.stop(self.config.delivery.drain) for w in self._workers))
-        for task in (self._retention, self._flusher):
+        for task in (self._retention, self._flusher, self._relay):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -116,6 +121,11 @@ class Hub:
         if len(accepted) < len(alerts):
             self.metrics.dedup_hits.inc(len(alerts) - len(accepted))
         self.broadcaster.publish(accepted)
+        try:
+            await self.store.share_live(accepted)
+        except Exception as exc:  # the alerts are stored: only other replicas' feeds miss them
+            log.warning("could not share %d alerts with the other replicas' live feeds: %s",
+                        len(accepted), exc)
         return fresh
 
     async def accept_grpc(self, alerts: list[Alert]) -> list[bool]:
@@ -134,6 +144,11 @@ class Hub:
             except Exception:
                 log.exception("retention failed; will try again")
             await asyncio.sleep(retention.interval)
+
+    async def _relay_loop(self, others: AsyncIterator[list[Alert]]) -> None:
+        """Alerts the other replicas accepted, into this replica's live feed."""
+        async for alerts in others:
+            self.broadcaster.publish(alerts)
 
     async def _flush_loop(self) -> None:
         while True:

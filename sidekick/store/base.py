@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import base64
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +166,18 @@ class Store(abc.ABC):
         Safe to run on every replica at once: each window is closed, and its summary queued,
         exactly once.
         """
+
+    # --- live feed across replicas ---------------------------------------------------------
+
+    async def share_live(self, alerts: list[Alert]) -> None:
+        """Offer alerts this replica accepted to the other replicas' live feeds (gRPC
+        Subscribe, the UI). A store with a single hub has no one to tell."""
+
+    def live_from_others(self) -> AsyncIterator[list[Alert]] | None:
+        """The alerts other replicas accepted, for this replica's live feed, in batches as
+        they were shared; None when no other replica can exist. Best effort: a feed, not a
+        durable record (the store has every event)."""
+        return None
 
     # --- delivery queue ---------------------------------------------------------------------
 

@@ -19,10 +19,13 @@ Key layout (prefix ``lanner:`` by default):
 - ``deadseq``          dead-letter id counter; ``deadouts`` SET of outputs with dead letters
 - ``ixkeys``           SET of the index keys, for stats over a time range without a scan
 - ``agg:*``, ``aggcur:*``, ``aggdue``  aggregation windows (``redis_aggregate``)
+- ``live``             pub/sub channel: accepted alerts, for the other replicas' live feeds
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -30,10 +33,10 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from sidekick.aggregation import Aggregation
-from sidekick.alert import Alert, Priority, now_ns
+from sidekick.alert import Alert, AlertError, Priority, now_ns
 from sidekick.store import redis_scripts as lua
 from sidekick.store.base import (
     DeadLetter,
@@ -50,6 +53,7 @@ from sidekick.store.base import (
 )
 from sidekick.store.redis_aggregate import RedisWindows, route
 
+log = logging.getLogger("lanner.store")
 GROUP = "lanner"
 _T_OFFSET = 10**20  # keeps pre-1970 times (down to year 0) positive in index members
 _T_MAX = 10**22 - 1 - _T_OFFSET
@@ -135,6 +139,44 @@ class RedisStore(Store):
         """Stream, retry zset, age zset, lease zset."""
         p = self.p
         return f"{p}q:{output}", f"{p}retry:{output}", f"{p}age:{output}", f"{p}lease:{output}"
+
+    # --- live feed across replicas ---------------------------------------------------------
+
+    async def share_live(self, alerts: list[Alert]) -> None:
+        if alerts:
+            message = b'{"from":%b,"alerts":[%b]}' % (
+                orjson.dumps(self.consumer), b",".join(a.to_json() for a in alerts))
+            await self.r.publish(f"{self.p}live", message)
+
+    def live_from_others(self) -> AsyncIterator[list[Alert]]:
+        return self._live_from_others()
+
+    async def _live_from_others(self) -> AsyncIterator[list[Alert]]:
+        # Pub/sub, not a stream: a subscriber that is away misses alerts, which the store
+        # still has; nothing accumulates in Redis for feeds nobody reads.
+        while True:
+            try:
+                async with self.r.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(f"{self.p}live")
+                    async for message in pubsub.listen():
+                        alerts = self._shared_alerts(message["data"])
+                        if alerts:
+                            yield alerts
+            except (ConnectionError, OSError, RedisError) as exc:
+                log.warning("live feed from other replicas interrupted (%s); resubscribing",
+                            exc)
+                await asyncio.sleep(1.0)
+
+    def _shared_alerts(self, data: str) -> list[Alert]:
+        """Another replica's alerts from a live message; none from our own, or a bad one."""
+        try:
+            shared = orjson.loads(data)
+            if shared["from"] == self.consumer:
+                return []
+            return [Alert.from_dict(a) for a in shared["alerts"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError, AlertError) as exc:
+            log.warning("ignored a malformed live feed message: %s", exc)
+            return []
 
     # --- ingest -----------------------------------------------------------------------------
 
