@@ -170,3 +170,20 @@ def test_an_unknown_fd_is_read_from_proc_once(tmp_path: Path) -> None:
     os.close(read_end)
     os.close(write_end)
     assert isinstance(tracker.table.procs[me].fds[num], Fd)
+
+
+def test_an_exec_of_an_fd_reads_it_without_keeping_it(tmp_path: Path) -> None:
+    # An exec does not name its fd to the kernel's close filter, so the fd's close may never
+    # be reported: an entry kept now could go stale.
+    path = tmp_path / "binary"
+    path.write_text("x")
+    tracker = Tracker(ProcessTable(ProcFs()), ContainerRegistry(CgroupMap(str(tmp_path))),
+                      Users())
+    tracker.table.seed()
+    me = os.getpid()
+    with open(path) as handle:
+        proc = tracker.table.procs[me]
+        assert tracker.fd(proc, handle.fileno(), remember=False).name == str(path)
+        assert handle.fileno() not in proc.fds
+        assert tracker.fd(proc, handle.fileno()).name == str(path)
+        assert handle.fileno() in proc.fds

@@ -139,15 +139,18 @@ class Tracker:
             handler(rec, proc, view)
         return view
 
-    def fd(self, proc: Process, num: object) -> Fd | None:
-        """The fd ``num`` of ``proc``; one it never saw opened is read from /proc once."""
+    def fd(self, proc: Process, num: object, *, remember: bool = True) -> Fd | None:
+        """The fd ``num`` of ``proc``; one it never saw opened is read from /proc once (each
+        time without ``remember``: for an event that does not name the fd to the kernel's
+        close filter, whose close the tracker may then never see)."""
         if not isinstance(num, int) or num < 0:
             return None
         fd = proc.fds.get(num)
         if fd is None and not proc.exited:
             self.fd_lookups += 1
             fd = from_proc(self.proc_root, proc.pid, num) or Fd(None)
-            proc.fds[num] = fd
+            if remember:
+                proc.fds[num] = fd
         return fd
 
     # ---- processes -------------------------------------------------------------------------
@@ -246,10 +249,10 @@ class Tracker:
         """The fd an exec ran, if it ran one: execveat(fd, "", AT_EMPTY_PATH) or a path
         through /proc/self/fd (fexecve): how a memfd is executed."""
         if rec.kind == "execveat" and not filename:
-            return self.fd(proc, rec.args.get("dirfd"))
+            return self.fd(proc, rec.args.get("dirfd"), remember=False)
         for prefix in _SELF_FD_PREFIXES:
             if filename.startswith(prefix) and filename[len(prefix):].isdigit():
-                return self.fd(proc, int(filename[len(prefix):]))
+                return self.fd(proc, int(filename[len(prefix):]), remember=False)
         return None
 
     def _exec_caps(self, rec: Record, proc: Process) -> None:
