@@ -65,19 +65,18 @@ def load(text: str, cflags: list[str], headers: str | None) -> Loaded:
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         theirs.close()
+        ours.settimeout(_TIMEOUT_S)
         try:
             request = json.dumps({"text": text, "cflags": cflags}).encode()
             ours.sendall(_LENGTH.pack(len(request)) + request)
             reply, fds, _flags, _addr = socket.recv_fds(ours, 1 << 16, _MAX_FDS)
             while chunk := ours.recv(1 << 16):
                 reply += chunk
-        finally:
-            try:
-                _stdout, stderr = child.communicate(timeout=_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-                raise LoadError(f"the loader process did not finish in {_TIMEOUT_S} s") from None
+            _stdout, stderr = child.communicate(timeout=_TIMEOUT_S)
+        except (TimeoutError, subprocess.TimeoutExpired):
+            child.kill()
+            child.wait()
+            raise LoadError(f"the loader process did not finish in {_TIMEOUT_S} s") from None
         if not reply:
             detail = stderr.decode(errors="replace").strip()[-2000:]
             raise LoadError(f"the loader process exited with status {child.returncode}"

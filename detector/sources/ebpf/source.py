@@ -202,7 +202,8 @@ class EbpfSource:
         if reasons:
             raise EbpfError(reasons)
         tracefs = setup.tracefs_root()
-        assert tracefs is not None  # diagnose() said so otherwise
+        if tracefs is None:  # unmounted since diagnose() looked
+            raise EbpfError(["tracefs is not mounted: run `lanner detector setup`"])
         self.plan = plan(event_types, state=state, tracefs=tracefs)
         try:
             offsets = kernel_offsets(Btf())
@@ -229,9 +230,13 @@ class EbpfSource:
             self._program = loader.load(text, cflags, headers)
         except loader.LoadError as exc:
             raise EbpfError([str(exc)]) from None
+        try:
+            self._ring = RingReader(self._program.maps["events"], ring_bytes)
+        except OSError as exc:
+            self._program.close()
+            raise EbpfError([f"the ring buffer cannot be mapped: {exc}"]) from None
         self._cpus = loader.possible_cpus()
         self._decode = Decoder(kinds, boot_to_wall_offset())
-        self._ring = RingReader(self._program.maps["events"], ring_bytes)
         self._max_batch = max_batch
         self.idle_sleep = idle_sleep
         self._closed = False
