@@ -1,13 +1,17 @@
 """Per-output delivery workers: lease from the durable queue, send, then complete, retry or bury.
 
-Retries use exponential backoff with full jitter, and wait at least what the service asked for
-(Retry-After). A delivery that used up its attempts or is older than ``maxage`` goes to the
+Retries use exponential backoff with full jitter; when the service says how long to wait
+(Retry-After), exactly that. A Retry-After also holds the whole output, not just the alert that
+got it: no worker sends anything until it has passed, so a rate-limited service sees one probe
+per Retry-After instead of every queued alert in turn, and delivery resumes at the pace it
+allows. A delivery that used up its attempts or is older than ``maxage`` goes to the
 dead-letter list, where it stays visible and can be re-driven.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -26,11 +30,11 @@ _POLL_S = 1.0  # how long one lease call may wait for work; bounds shutdown late
 def backoff_seconds(
     attempt: int, initial: float, maximum: float, retry_after: float | None
 ) -> float:
-    """Full jitter over an exponential ceiling; never sooner than the server's Retry-After."""
-    delay = random.uniform(0, min(maximum, initial * 2 ** min(attempt, 32)))
+    """The server's Retry-After when it gave one (capped at ``maximum``); else full jitter
+    over an exponential ceiling."""
     if retry_after is not None:
-        delay = max(delay, min(retry_after, maximum))
-    return delay
+        return min(retry_after, maximum)
+    return random.uniform(0, min(maximum, initial * 2 ** min(attempt, 32)))
 
 
 class OutputWorkers:
@@ -46,6 +50,7 @@ class OutputWorkers:
         self.config = output.config
         self.name = output.name
         self._stopping = asyncio.Event()
+        self._held_until = 0.0  # time.monotonic() before which no worker sends (Retry-After)
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_s = (
             self.config.timeout * self.config.batchsize
@@ -75,6 +80,11 @@ class OutputWorkers:
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
+            if (held := self._held_until - time.monotonic()) > 0:
+                # Waits on the stop event, so a held output still stops at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(held, _POLL_S))
+                continue
             try:
                 batch = await self.store.lease(
                     self.name, self.config.batchsize, self._lease_s, _POLL_S
@@ -110,6 +120,8 @@ class OutputWorkers:
             )
         except (RetryableError, TimeoutError) as exc:
             retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+            if retry_after is not None:
+                self._hold(retry_after)
             await self._failed(batch, str(exc) or "timeout", retry_after, permanent=False)
             return
         except PermanentError as exc:
@@ -124,6 +136,13 @@ class OutputWorkers:
             await self._failed(batch, reason, None, permanent=False)
             return
         await self._succeeded(batch)
+
+    def _hold(self, retry_after: float) -> None:
+        until = time.monotonic() + min(retry_after, self.settings.maxbackoff)
+        if until > self._held_until:
+            self._held_until = until
+            log.info("output %s: held for %.1f s as the service asked (Retry-After)",
+                     self.name, until - time.monotonic())
 
     async def _succeeded(self, batch: list[Delivery]) -> None:
         await self.store.complete(batch)

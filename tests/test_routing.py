@@ -58,5 +58,6 @@ def test_backoff_full_jitter_and_retry_after() -> None:
     delays = [backoff_seconds(3, 1.0, 300.0, None) for _ in range(200)]
     assert all(0 <= d <= 8 for d in delays) and max(delays) > 4  # spread over [0, 2**3]
     assert all(backoff_seconds(30, 1.0, 60.0, None) <= 60 for _ in range(50))
-    assert backoff_seconds(0, 1.0, 300.0, 7.0) >= 7.0  # never sooner than Retry-After
+    assert backoff_seconds(0, 1.0, 300.0, 7.0) == 7.0  # exactly what Retry-After says
+    assert backoff_seconds(20, 1.0, 300.0, 7.0) == 7.0  # whatever the attempt
     assert backoff_seconds(0, 1.0, 60.0, 1e9) == 60.0  # but capped
