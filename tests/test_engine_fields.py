@@ -130,7 +130,9 @@ def get(name: str, event: dict[str, Any], arg: str | None = None) -> Any:
 
 def test_every_field_is_missing_on_an_empty_event() -> None:
     samples = {"evt.arg": "flags", "evt.rawarg": "res", "container.mount.dest": "/x",
-               "container.mount.source": "0", "container.label": "a", "k8s.pod.label": "a"}
+               "container.mount.source": "0", "container.label": "a", "k8s.pod.label": "a",
+               "ka.uri.param": "command", "ka.req.binding.subject.has_name": "a",
+               "ka.req.volume.hostpath": "/", "json.value": "/a", "jevt.value": "/a"}
     present = {}
     for spec in REGISTRY.fields():
         value = spec.extractor(samples.get(spec.name))({})

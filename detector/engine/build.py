@@ -75,7 +75,7 @@ class RulesetBuilder:
         self.loaded = loaded
         self.registry = registry
         self.hosts = hosts
-        self.sources = {spec.source for spec in registry.fields()}
+        self.sources = registry.sources()
         self.warnings: list[RuleWarning] = []
         self.macro_texts = {name: m.condition for name, m in loaded.macros.items()}
 
@@ -105,7 +105,8 @@ class RulesetBuilder:
 
     def _rule(self, rule: Rule, macros: Mapping[str, ast.Node]) -> CompiledRule:
         tree = _inlined(parse_condition(rule.condition), macros)
-        checks = CheckBuilder(self.registry, {**self.macro_texts, None: rule.condition})
+        checks = CheckBuilder(self.registry, {**self.macro_texts, None: rule.condition},
+                              rule.source)
         condition = Compiler(checks, self.hosts).compile(tree, rule.name)
         formatter = self._output(rule)
         event_types = derive(tree) if rule.source == "syscall" else None
@@ -134,7 +135,7 @@ class RulesetBuilder:
         if self.suggested_output and rule.source == "syscall":
             output = with_suggested_output(output)
         try:
-            return compile_output(output, self.registry, warn)
+            return compile_output(output, self.registry, warn, rule.source)
         except RuleError as exc:
             # output.py has no error class of its own for an unknown field; its message does.
             if exc.message.startswith("unknown field"):

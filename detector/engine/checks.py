@@ -56,6 +56,11 @@ TRANSFORMS: dict[str, dict[FieldType, FieldType]] = {
     "len": {t: FieldType.NUMBER for t in (FieldType.STRING, FieldType.BYTES, FieldType.LIST)},
 }
 _NO_RHS_FIELD_OPS = ("pmatch", "regex")
+# Falco warns when a rule compares a plugin field of the audit source with the text outputs
+# print for a missing value (LOAD_UNSAFE_NA_CHECK).
+NA_TEXT = "<NA>"
+_NA_UNSAFE = ("ka.", "jevt.")
+_NA_OPS = frozenset({"=", "!=", "in", "intersects", "pmatch"})
 __all__ = ["Check", "CheckBuilder", "Operand", "UnknownFilter"]
 
 
@@ -93,24 +98,29 @@ class Check:
 
 
 class CheckBuilder:
-    """Types comparisons for one ruleset; ``texts`` maps an owner to its condition text."""
+    """Types comparisons for one rule; ``texts`` maps an owner to its condition text,
+    ``source`` is the rule's event source (None: fields of any source)."""
 
-    def __init__(self, registry: FieldRegistry, texts: Mapping[str | None, str]) -> None:
+    def __init__(self, registry: FieldRegistry, texts: Mapping[str | None, str],
+                 source: str | None = None) -> None:
         self._registry = registry
         self._texts = texts
+        self._source = source
 
     def build(self, compare: ast.Compare, owner: str | None) -> Check:
         source = self._texts.get(owner, "")
-        typer = _Typer(self._registry, owner, source)
+        typer = _Typer(self._registry, owner, source, self._source)
         left = typer.operand(compare.left)
         return typer.check(compare, left, source[compare.span.start : compare.span.end])
 
 
 class _Typer:
-    def __init__(self, registry: FieldRegistry, owner: str | None, source: str) -> None:
+    def __init__(self, registry: FieldRegistry, owner: str | None, source: str,
+                 event_source: str | None) -> None:
         self.registry = registry
         self.owner = owner
         self.source = source  # the owner's condition text, which spans point into
+        self.event_source = event_source
         self.warnings: list[tuple[str, str]] = []
 
     def error(self, message: str, span: ast.Span, kind: type[RuleError] = RuleError) -> RuleError:
@@ -160,9 +170,9 @@ class _Typer:
 
     def _resolve(self, node: ast.Field) -> tuple[FieldSpec, str | None]:
         try:
-            return self.registry.resolve(node.name, node.arg)
-        except UnknownField:
-            raise self.error(f"unknown field '{node.name}'", node.span, UnknownFilter) from None
+            return self.registry.resolve(node.name, node.arg, self.event_source)
+        except UnknownField as exc:
+            raise self.error(str(exc), node.span, UnknownFilter) from None
         except FieldError as exc:
             raise self.error(str(exc), node.span) from None
 
@@ -205,6 +215,13 @@ class _Typer:
                             f"unknown event type {item.text}", item.span, UnknownFilter
                         )
             matchers = self._matchers(op, values, items)
+            if left.spec.name.startswith(_NA_UNSAFE) and op in _NA_OPS \
+                    and NA_TEXT in values:
+                self.warnings.append((
+                    "LOAD_UNSAFE_NA_CHECK",
+                    f"comparing {left.text} with '<NA>' is unsafe: a missing value is never "
+                    "the text '<NA>'; test it with 'exists' instead",
+                ))
             if left.spec.resolves and op in ("=", "!=", "in") and compare.modifier is None:
                 address = self.operand(ast.Field(left.spec.resolves, None, compare.left.span))
             if left.spec.name == "evt.num" and not left.transforms and compare.modifier is None:

@@ -34,7 +34,7 @@ from detector.engine.explain import explain_rule
 from detector.engine.fields import REGISTRY, FieldRegistry
 from detector.engine.loader import load_rules
 from detector.engine.output import make_alert
-from sidekick.alert import Alert
+from sidekick.alert import Alert, Priority
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ SYSCALL = "syscall"
 
 
 class Engine:
-    """Compiled rules, indexed. ``rules``: every loaded rule, disabled ones included.
+    """Compiled rules, indexed. ``rules``: every loaded rule, disabled ones included;
+    ``active``: those that run (enabled, at or above the minimum priority).
     ``event_types``: what the enabled syscall rules need, so what the sensor must trace (a rule
     that can match any type contributes every known type)."""
 
@@ -56,6 +57,7 @@ class Engine:
         hostname: str | None = None,
         rule_matching: str = "all",
         hosts: HostAddresses | None = None,
+        min_priority: Priority = Priority.DEBUG,
     ) -> None:
         if rule_matching not in RULE_MATCHING:
             raise ValueError(f"rule_matching must be 'first' or 'all', not {rule_matching!r}")
@@ -65,7 +67,9 @@ class Engine:
         self._hosts = hosts or DnsCache()
         self._by_name = {rule.name: rule for rule in rules}
         self._first = rule_matching == "first"
-        active = [rule for rule in rules if rule.enabled]
+        # Falco's `priority` setting: rules below it are not run at all.
+        self.active = active = [
+            rule for rule in rules if rule.enabled and rule.priority >= min_priority]
         self.event_types: frozenset[str] = frozenset().union(
             *(ALL_EVENT_TYPES if r.event_types is None else r.event_types
               for r in active if r.source == SYSCALL)
@@ -88,17 +92,20 @@ class Engine:
         registry: FieldRegistry = REGISTRY,
         hosts: HostAddresses | None = None,
         suggested_output: bool = True,
+        min_priority: Priority = Priority.DEBUG,
     ) -> tuple[Engine, list[RuleWarning]]:
         """Load, check and compile rules files. Raises RuleError (located) on the first error.
 
         ``hosts`` resolves the hostnames rules compare fd.sip.name with (default: a background
         DNS cache). ``suggested_output`` appends the container id and name to syscall rules'
-        outputs, as Falco's default configuration does."""
+        outputs, as Falco's default configuration does. Rules below ``min_priority`` are
+        loaded and checked but never run (Falco's ``priority`` setting)."""
         loaded, warnings = load_rules(paths)
         hosts = hosts or DnsCache()
         builder = RulesetBuilder(loaded, registry, hosts, suggested_output)
         rules = builder.build()
-        engine = cls(rules, hostname=hostname, rule_matching=rule_matching, hosts=hosts)
+        engine = cls(rules, hostname=hostname, rule_matching=rule_matching, hosts=hosts,
+                     min_priority=min_priority)
         return engine, [*warnings, *builder.warnings]
 
     def rules_for(self, event: Event) -> tuple[CompiledRule, ...]:

@@ -11,7 +11,7 @@ from operator import methodcaller
 from typing import Any
 
 from detector.engine.fielddefs_common import Event, computed, derived, index_arg, is_index
-from detector.engine.fields import Extractor, FieldClass, FieldSpec, FieldType
+from detector.engine.fields import ANY_SOURCE, Extractor, FieldClass, FieldSpec, FieldType
 
 S = FieldType.STRING
 N = FieldType.NUMBER
@@ -183,15 +183,17 @@ EVT = FieldClass(
     shortdesc="All event types",
     desc="What happened: the system call, when, its parameters and its result.",
     fields=(
-        FieldSpec("evt.num", N, "Sequence number of the event, starting at 1."),
+        # Falco's generic event fields: events of every source have them.
+        FieldSpec("evt.num", N, "Sequence number of the event, starting at 1.",
+                  source=ANY_SOURCE),
         FieldSpec("evt.time", FieldType.ABSTIME,
                   "When the event happened, in nanoseconds since the epoch; printed in "
-                  "outputs as HH:MM:SS.nnnnnnnnn (UTC).", text=clock),
+                  "outputs as HH:MM:SS.nnnnnnnnn (UTC).", text=clock, source=ANY_SOURCE),
         FieldSpec("evt.time.iso8601", S, "Event time as an ISO-8601 UTC string.",
-                  factory=computed(_time_iso)),
+                  factory=computed(_time_iso), source=ANY_SOURCE),
         FieldSpec("evt.rawtime", FieldType.ABSTIME,
                   "Event time in nanoseconds since the epoch, printed as a number.",
-                  factory=computed(methodcaller("get", "evt.time"))),
+                  factory=computed(methodcaller("get", "evt.time")), source=ANY_SOURCE),
         FieldSpec("evt.type", S, "Name of the event, e.g. openat or execve."),
         FieldSpec("evt.category", S,
                   "Broad kind of event: file, net, process, user, system, signal, io_read, "

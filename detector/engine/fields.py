@@ -49,12 +49,22 @@ source records only the base keys below (values are plain JSON types unless note
             container.mounts list of {source, dest, mode, rdwr, propagation}
     k8s.*   k8s.ns.name k8s.pod.name k8s.pod.uid str, k8s.pod.labels dict
 
+Kubernetes audit events (``evt.source`` = ``k8s_audit``) carry ``evt.time`` (the event's
+stageTimestamp) and the audit Event itself, as decoded from JSON, under ``ka.event``: every ka.*,
+json.* and jevt.* field reads it (``detector.engine.fielddefs_k8saudit``, ``fielddefs_json``).
+
 Literals: ``spec.convert(text)`` types a condition's right-hand side (Falco's rules: ints
 decimal or hex, ports numbers or service names, bools ``true``/``false``, IP addresses,
 networks as addr/prefix) and raises ValueError naming the field.
 
-Errors: ``resolve`` raises UnknownField for a name nobody registered and FieldArgError for an
-argument that is missing, unexpected or malformed; both are FieldError.
+Sources: each field belongs to one event source (``spec.source``), or to every source
+(ANY_SOURCE: evt.num, evt.time... as Falco's generic event fields). Given the source of a
+rule, ``resolve`` refuses the fields of other sources, as Falco has no proc.name for an audit
+event.
+
+Errors: ``resolve`` raises UnknownField for a name nobody registered (or registered for another
+source) and FieldArgError for an argument that is missing, unexpected or malformed; both are
+FieldError.
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ from operator import methodcaller
 from typing import Any
 
 MISSING: Any = None  # "no value": every check on it is false, even !=
+ANY_SOURCE = "*"  # spec.source of the fields every event source has
 
 
 class FieldType(enum.Enum):
@@ -99,6 +110,10 @@ class FieldError(Exception):
 
 class UnknownField(FieldError, LookupError):
     """No registered field has this name (nor is it the dotted-argument form of one)."""
+
+
+class ForeignField(UnknownField):
+    """The field exists, but for events of another source than the rule's."""
 
 
 class FieldArgError(FieldError, ValueError):
@@ -201,19 +216,28 @@ class FieldRegistry:
         """The field registered under exactly this name (no dotted-argument lookup)."""
         return self._index().get(name)
 
-    def resolve(self, name: str, arg: str | None = None) -> tuple[FieldSpec, str | None]:
+    def sources(self) -> frozenset[str]:
+        """The event sources some field belongs to: rules of any other source are skipped."""
+        return frozenset(spec.source for spec in self._index().values()) - {ANY_SOURCE}
+
+    def resolve(self, name: str, arg: str | None = None,
+                source: str | None = None) -> tuple[FieldSpec, str | None]:
         """The field a token names and its argument, validated.
 
         ``name`` is the token as written without its bracketed argument: an exact name wins,
         else the longest registered prefix that takes a dotted argument (``evt.arg.flags`` is
         ``evt.arg`` with argument ``flags``). The returned spec may be specialised for the
         argument (``evt.rawarg.name`` is a string, ``evt.rawarg.fd`` a number): use it, not
-        ``get(name)``. Raises UnknownField or FieldArgError.
+        ``get(name)``. ``source``: the event source of the rule asking (None: any field).
+        Raises UnknownField or FieldArgError.
         """
         by_name = self._index()
         spec = by_name.get(name)
         if spec is None:
             spec, arg = self._dotted(by_name, name, arg)
+        if source is not None and spec.source not in (source, ANY_SOURCE):
+            raise ForeignField(f"unknown field '{name}' for source {source} (it is a field of "
+                               f"{spec.source} events)")
         spec.extractor(arg)  # validates the argument now rather than at the first event
         if spec.arg_type is not None and arg is not None:
             typed = spec.arg_type(arg)
@@ -250,6 +274,8 @@ def _load_definitions() -> list[FieldClass]:
         fielddefs_container,
         fielddefs_event,
         fielddefs_fd,
+        fielddefs_json,
+        fielddefs_k8saudit,
         fielddefs_process,
     )
 
@@ -258,6 +284,8 @@ def _load_definitions() -> list[FieldClass]:
         *fielddefs_process.CLASSES,
         *fielddefs_fd.CLASSES,
         *fielddefs_container.CLASSES,
+        *fielddefs_k8saudit.CLASSES,
+        *fielddefs_json.CLASSES,
     ]
 
 

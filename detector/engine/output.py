@@ -30,6 +30,7 @@ from detector.engine.fields import (
     FieldRegistry,
     FieldSpec,
     FieldType,
+    ForeignField,
     UnknownField,
 )
 from sidekick.alert import Alert, Priority, new_uuid, now_ns
@@ -188,16 +189,19 @@ class Formatter:
 
 
 def compile_output(fmt: str, registry: FieldRegistry = REGISTRY,
-                   on_warning: Warn | None = None) -> Formatter:
-    """Compile a rule's output. Raises RuleError (column: 1-based into ``fmt``)."""
-    return _Compiler(fmt, registry, on_warning).run()
+                   on_warning: Warn | None = None, source: str | None = None) -> Formatter:
+    """Compile a rule's output; ``source``: the rule's event source, whose fields it may use
+    (None: any). Raises RuleError (column: 1-based into ``fmt``)."""
+    return _Compiler(fmt, registry, on_warning, source).run()
 
 
 class _Compiler:
-    def __init__(self, fmt: str, registry: FieldRegistry, on_warning: Warn | None) -> None:
+    def __init__(self, fmt: str, registry: FieldRegistry, on_warning: Warn | None,
+                 source: str | None) -> None:
         self.fmt = fmt
         self.registry = registry
         self.on_warning = on_warning
+        self.source = source
         self.pieces: list[str | _Token] = []
         self.extra: dict[str, tuple[str, Extractor, Callable[[Any], Any]]] = {}
 
@@ -266,16 +270,20 @@ class _Compiler:
         name = _FIELD.match(self.fmt, at)
         if name is None:
             return None, at
+        foreign: ForeignField | None = None
         for candidate, arg, end in self.candidates(name.group(), at):
             try:
-                spec, spec_arg = self.registry.resolve(candidate, arg)
+                spec, spec_arg = self.registry.resolve(candidate, arg, self.source)
+            except ForeignField as exc:
+                foreign = foreign or exc
+                continue
             except UnknownField:
                 continue
             except FieldArgError as exc:
                 raise self.error(str(exc), at, name.end() - at) from None
             return self.field(spec, spec_arg, at, end), end
-        raise self.error(f"unknown field '{name.group()}' in output", at, name.end() - at,
-                         UnknownOutputField)
+        message = str(foreign) if foreign else f"unknown field '{name.group()}'"
+        raise self.error(f"{message} in output", at, name.end() - at, UnknownOutputField)
 
     def candidates(self, name: str, at: int) -> Iterable[tuple[str, str | None, int]]:
         """(name, arg, end of token), longest first: the whole name with its [arg], then ever
