@@ -32,3 +32,5 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/outputs.py
 	$(VENV)/bin/python bench/engine.py
 	$(VENV)/bin/python bench/detector.py
+	$(VENV)/bin/python bench/k8saudit.py
+	$(VENV)/bin/python bench/e2e.py

@@ -16,6 +16,12 @@ syscall_event_drops, with our wording).
 A source is anything with ``poll(timeout) -> list[Record] | None`` (None: it has no more,
 a recording's end) and ``close()``; the eBPF source also has ``drops()`` (``.total``), the
 fallback source ``stats()`` (``proc_lost``).
+
+Events of other sources (the Kubernetes audit webhook, ``detector.sources.k8saudit``) come in
+through ``submit()``, from the webhook's threads, into the same queue: the main thread evaluates
+them with the same engine and writes their alerts to the same sinks. They are engine mappings
+already, so the state tracker does not see them. A full queue refuses them instead of dropping
+them: the webhook answers 429 and the API server sends them again.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -41,6 +47,10 @@ log = logging.getLogger("lanner.detect")
 
 DROP_RULE = "Lanner internal: syscall events dropped"
 INTERNAL_SOURCE = "internal"
+# Submitted events wait only behind this many: a sender that is refused sends again (the API
+# server does), and a long queue of decoded JSON costs the garbage collector more than the
+# rules (every full collection walks all of it).
+SUBMIT_BACKLOG = 2048
 
 
 class Source(Protocol):
@@ -101,6 +111,25 @@ def read_records(path: str) -> Iterator[Record]:
                 yield Record(**data)
             except (orjson.JSONDecodeError, TypeError) as exc:
                 raise ValueError(f"{path}:{number}: not a Record: {exc}") from None
+
+
+class EventBatch(list[Mapping[str, Any]]):
+    """Events of a source that has no kernel records (k8s audit): engine mappings, evaluated
+    as they are."""
+
+
+class NoKernelSource:
+    """``--source k8saudit``: a detector that only serves the audit webhook reads no kernel
+    events; its reader waits for the end."""
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    def poll(self, timeout: float | None = None) -> list[Record] | None:
+        return None if self._closed.wait(0.1 if timeout is None else timeout) else []
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 class RecordQueue:
@@ -168,6 +197,18 @@ class Metrics:
         return asdict(self)
 
 
+@dataclass
+class AuditCounts:
+    """Events submitted by the k8s audit webhook (not in Metrics: they are no records). Their
+    alerts and errors count in Metrics.alerts and Metrics.errors."""
+
+    audit_events: int = 0  # queued for the rules
+    audit_refused: int = 0  # refused because the queue was full (the API server resends)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
 class Detector:
     """One run of the loop. ``run()`` returns when the source is exhausted or ``stop()``."""
 
@@ -185,6 +226,7 @@ class Detector:
         self.drop_alert_interval = drop_alert_interval
         self.purge_interval = purge_interval
         self.metrics = Metrics()
+        self.audit = AuditCounts()
         self._now = clock_s
         self._stop = threading.Event()
         self._window = (self._now(), 0, 0, 0)  # start, received, kernel, userspace drops
@@ -192,6 +234,23 @@ class Detector:
         self._last_purge = self._now()
         self._reader: threading.Thread | None = None
         self._reader_error: BaseException | None = None
+        self._submitted = threading.Lock()
+
+    def submit(self, events: list[Mapping[str, Any]]) -> bool:
+        """Queue events of another source for the main thread (any thread may call it).
+        False when the queue is full or closed, or already holds SUBMIT_BACKLOG events: the
+        caller refuses them, so that the sender retries rather than loses them."""
+        queued = self.has_room() and self.queue.put(EventBatch(events), wait=False)
+        with self._submitted:
+            if queued:
+                self.audit.audit_events += len(events)
+            else:
+                self.audit.audit_refused += len(events)
+        return queued
+
+    def has_room(self) -> bool:
+        """Whether submit() would find room in the queue now (it may not, a moment later)."""
+        return len(self.queue) < min(self.queue.capacity, SUBMIT_BACKLOG)
 
     def stop(self) -> None:
         """Stop reading; what was read is still processed, then run() returns. (The reader
@@ -252,6 +311,9 @@ class Detector:
     # ---- main thread ---------------------------------------------------------------------
 
     def _process(self, batch: list[Record]) -> None:
+        if isinstance(batch, EventBatch):
+            self._process_events(batch)
+            return
         apply, process, m = self.tracker.apply, self.engine.process, self.metrics
         for record in batch:
             try:
@@ -267,6 +329,23 @@ class Detector:
                 self._emit(alert)
                 m.alerts += 1
         m.processed += len(batch)
+        for sink in self.sinks:
+            sink.flush()
+
+    def _process_events(self, batch: EventBatch) -> None:
+        process, m = self.engine.process, self.metrics
+        for event in batch:
+            try:
+                alerts = process(event)
+            except Exception:
+                m.errors += 1
+                if m.errors == 1 or m.errors % 10000 == 0:
+                    log.exception("a %s event could not be processed (%d so far)",
+                                  event.get("evt.source"), m.errors)
+                continue
+            for alert in alerts:
+                self._emit(alert)
+                m.alerts += 1
         for sink in self.sinks:
             sink.flush()
 
@@ -336,12 +415,16 @@ def open_source(spec: str, event_types: frozenset[str], *, fallback: bool,
                 cgroup_root: str | None = None,
                 replay_rate: float | None = None) -> tuple[Source, bool]:
     """The source ``--source`` names and whether it is live: ``records:PATH`` (a recording),
-    ``ebpf``, ``fallback``, or ``auto`` (eBPF, else, when ``fallback``, the fallback source).
-    Every reason eBPF cannot load is told through ``say``. Raises SourceError."""
+    ``ebpf``, ``fallback``, ``auto`` (eBPF, else, when ``fallback``, the fallback source), or
+    ``k8saudit`` (no kernel events: the audit webhook only). Every reason eBPF cannot load is
+    told through ``say``. Raises SourceError."""
     if spec.startswith("records:"):
         return IterSource(read_records(spec[len("records:"):]), rate=replay_rate), False
+    if spec == "k8saudit":
+        return NoKernelSource(), True
     if spec not in ("auto", "ebpf", "fallback"):
-        raise SourceError(f"unknown --source {spec!r}: auto, ebpf, fallback or records:PATH")
+        raise SourceError(f"unknown --source {spec!r}: auto, ebpf, fallback, k8saudit or "
+                          "records:PATH")
     if spec != "fallback":
         reasons = _ebpf_reasons()
         if not reasons:
@@ -416,6 +499,10 @@ def serve_metrics(address: str, detector: Detector) -> Any:
                 ("alerts", m.alerts, "Rule alerts."),
                 ("drop_alerts", m.drop_alerts, "Internal alerts about dropped events."),
                 ("event_errors", m.errors, "Events the detector failed to process."),
+                ("k8s_audit_events", detector.audit.audit_events,
+                 "Kubernetes audit events the webhook queued for the rules."),
+                ("k8s_audit_refused", detector.audit.audit_refused,
+                 "Kubernetes audit events refused (queue full; the API server resends them)."),
                 ("proc_lookups", detector.tracker.table.lookups,
                  "Processes read from /proc on a table miss."),
                 ("fd_lookups", detector.tracker.fd_lookups,

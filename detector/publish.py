@@ -17,13 +17,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import BinaryIO, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import orjson
 
 from sidekick.alert import Alert
 
+if TYPE_CHECKING:  # the gRPC stack is imported only for a grpc:// output
+    from detector.publish_hubs import PublisherTls
+
 FORMATS = ("json", "text")
+BUFFER_LIMIT = 100_000  # alerts a grpc:// or http(s):// output holds while nothing accepts them
 TOKEN_ENV = "LANNER_HUB_TOKEN"  # not a flag: a flag's value shows in `ps`
 
 log = logging.getLogger("lanner.publish")
@@ -83,8 +88,20 @@ class StreamSink:
             self.stream.close()
 
 
-def open_sink(spec: str, fmt: str = "json") -> Sink:
-    """A sink from an --output value. Raises SinkError."""
+@dataclass(frozen=True)
+class HubLink:
+    """How grpc:// outputs reach the hub (docs/publisher.md): TLS (``tls.cacertfile`` verifies
+    the hub, ``certfile``/``keyfile`` for mutual TLS) and a spill file for the overflow of
+    the memory buffer."""
+
+    tls: PublisherTls | None = None
+    spill_path: str | None = None
+
+
+def open_sink(spec: str, fmt: str = "json", buffer_limit: int = BUFFER_LIMIT,
+              link: HubLink = HubLink()) -> Sink:
+    """A sink from an --output value. ``buffer_limit``: for grpc:// and http(s)://, the
+    publisher's bound (docs/publisher.md); ``link``: for grpc://. Raises SinkError."""
     if spec == "stdout":
         return StreamSink("stdout", sys.stdout.buffer, fmt, owned=False)
     if spec.startswith("file:"):
@@ -101,11 +118,11 @@ def open_sink(spec: str, fmt: str = "json") -> Sink:
         targets = spec[len("grpc://"):]
         if not targets:
             raise SinkError("--output grpc:// needs the hub's address, e.g. grpc://hub:5060")
-        return GrpcSink(targets)
+        return GrpcSink(targets, buffer_limit, link)
     if spec.startswith(("http://", "https://")):
         from detector.publish_http import HttpSink
 
-        return HttpSink(spec)
+        return HttpSink(spec, buffer_limit=buffer_limit)
     raise SinkError(f"unknown --output {spec!r}: use stdout, file:PATH, grpc://HOST:PORT or "
                     "http(s)://HOST:PORT/PATH")
 
@@ -114,11 +131,19 @@ class GrpcSink:
     """Alerts to the hub through the publisher: acked, resent after a reconnect, buffered
     (bounded, drops counted and reported to the hub) while no hub answers."""
 
-    def __init__(self, targets: str) -> None:
+    def __init__(self, targets: str, buffer_limit: int = BUFFER_LIMIT,
+                 link: HubLink = HubLink()) -> None:
         from detector.publish_grpc import GrpcPublisher
 
         self.name = f"grpc://{targets}"
-        self.publisher = GrpcPublisher(targets, token=os.environ.get(TOKEN_ENV) or None)
+        try:
+            # The node's name, as the rules' alerts carry it (FALCO_HOSTNAME in a pod).
+            self.publisher = GrpcPublisher(
+                targets, token=os.environ.get(TOKEN_ENV) or None, buffer_limit=buffer_limit,
+                tls=link.tls, spill_path=link.spill_path,
+                hostname=os.environ.get("FALCO_HOSTNAME") or None)
+        except (ValueError, OSError) as exc:  # a malformed target, an unreadable TLS file
+            raise SinkError(f"--output {self.name}: {exc}") from None
 
     def write(self, alert: Alert) -> None:
         self.publisher.publish(alert)

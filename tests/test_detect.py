@@ -388,3 +388,22 @@ def test_a_replay_rate_paces_the_records() -> None:
     # 10 ms batches; the last one waits until 290 records' worth of time has passed
     assert [len(b) for b in batches] == [10] * 30
     assert time.monotonic() - started >= 0.29
+
+
+def test_min_priority_runs_only_rules_at_or_above_it(tmp_path: Path) -> None:
+    records = tmp_path / "records.jsonl"
+    base = {"pid": 7, "tid": 7, "uid": 0, "gid": 0, "comm": "cat", "cgroup_id": 0}
+    rows = [{**base, "kind": "execve", "time_ns": 1, "res": 0,
+             "args": {"filename": "/usr/bin/cat", "argv": ["cat"]}},
+            {**base, "kind": "openat", "time_ns": 2, "res": 3, "args": {
+                "dirfd": -100, "flags": 0, "mode": 0, "fd": 3, "name": "/root/.ssh/id_rsa"}}]
+    records.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+
+    def alerts(*extra: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "sidekick.cli", "detect", "--source",
+                               f"records:{records}", *extra], capture_output=True, text=True,
+                              timeout=60, check=True)
+        return [json.loads(line)["rule"] for line in done.stdout.splitlines()]
+
+    assert alerts() == alerts("--min-priority", "warning") == ["Credential file read"]
+    assert alerts("--min-priority", "error") == []  # a Warning rule does not run

@@ -747,19 +747,12 @@ def test_rules_checksum_rolls_detectors(helm: Helm) -> None:
         annotations(one, "hub")["checksum/config"]
 
 
-def test_falco_priority_disables_lower_rules(helm: Helm, tmp_path: Path) -> None:
-    from detector.engine.engine import Engine
+def test_falco_priority_becomes_the_detectors_min_priority(helm: Helm) -> None:
     from sidekick.alert import Priority
 
-    m = helm.render("--set", "falco.priority=error")
-    engine = load_rules(m, tmp_path)
-    by_name = {r.name: r for r in engine.rules}
-    full, _ = Engine.from_files([ROOT / "rules" / "lanner_rules.yaml"])
-    for rule in full.rules:
-        loaded = by_name[rule.name]
-        expected = rule.enabled and rule.priority >= Priority.ERROR
-        assert loaded.enabled == expected, rule.name
-    assert any(not r.enabled for r in engine.rules) and any(r.enabled for r in engine.rules)
+    assert _detect_args(helm.render("--set", "falco.priority=error")).min_priority == \
+        Priority.ERROR
+    assert _detect_args(helm.render()).min_priority == Priority.DEBUG  # every rule runs
 
 
 # ---- bad values fail the render with the documented message ------------------------------------

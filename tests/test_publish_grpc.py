@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from detector.publish_grpc import (
@@ -420,3 +424,40 @@ def test_detect_output_grpc_sink_reaches_the_hub(
     sink.flush()
     sink.close()
     assert sorted(e["uuid"] for e in stored(hub, "sink-host")) == sorted(a.uuid for a in alerts)
+
+
+def test_lanner_detect_publishes_over_mutual_tls_with_a_token(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    config = {"grpc": {"certfile": pki.server_cert, "keyfile": pki.server_key,
+                       "cacertfile": pki.ca_cert, "token": TOKEN}}
+    records = tmp_path / "records.jsonl"
+    base = {"pid": 7, "tid": 7, "uid": 0, "gid": 0, "comm": "cat", "cgroup_id": 0}
+    now = time.time_ns()
+    rows = [{**base, "kind": "execve", "time_ns": now, "res": 0,
+             "args": {"filename": "/usr/bin/cat", "argv": ["cat"]}}]
+    rows += [{**base, "kind": "openat", "time_ns": now + n, "res": 3, "args": {
+        "dirfd": -100, "flags": 0, "mode": 0, "fd": 3, "name": f"/home/u{n}/.ssh/id_rsa"}}
+             for n in range(1, 6)]
+    records.write_text("\n".join(orjson.dumps(row).decode() for row in rows) + "\n")
+    detect = [sys.executable, "-m", "sidekick.cli", "detect", "--source", f"records:{records}"]
+    with HubProcess(tmp_path, config, grpc=True) as hub:
+        target = f"grpc://localhost:{hub.grpcport}"
+        done = subprocess.run(
+            [*detect, "--output", target, "--hub-cacert", pki.ca_cert, "--hub-cert",
+             pki.client_cert, "--hub-key", pki.client_key],
+            env={**os.environ, "LANNER_HUB_TOKEN": TOKEN, "FALCO_HOSTNAME": "mtls-node"},
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        events = stored(hub, "mtls-node")
+        assert sorted(e["output_fields"]["fd.name"] for e in events) == [
+            f"/home/u{n}/.ssh/id_rsa" for n in range(1, 6)]
+
+        # an incomplete TLS setup, and an unreadable file: one line each, exit 2
+        for extra, said in (
+                (["--hub-cert", pki.client_cert, "--hub-key", pki.client_key], "--hub-cacert"),
+                (["--hub-cacert", str(tmp_path / "missing.pem")], "missing.pem")):
+            done = subprocess.run([*detect, "--output", target, *extra], capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 2 and said in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+    assert TOKEN not in hub.log()

@@ -251,35 +251,7 @@ Deterministic: templates include it as often as they need.
 {{- fail "The rules list (detector.rulesFiles or falco.rules_files) is empty: the detector needs at least one rules file." -}}
 {{- end -}}
 
-{{- /* minimum priority: rules below it are disabled by a file loaded last */ -}}
-{{- $disable := list -}}
-{{- if and $prio (lt (int (get $ranks $prio)) 7) -}}
-{{- $sources := list -}}
-{{- if and $det.defaultRules (has $defaultFile $files) -}}
-{{- $sources = append $sources (.Files.Get "rules/lanner_rules.yaml") -}}
-{{- end -}}
-{{- range $name := keys $custom | sortAlpha -}}
-{{- $sources = append $sources (index $custom $name) -}}
-{{- end -}}
-{{- $priorities := dict -}}
-{{- range $text := $sources -}}
-{{- range $item := ($text | fromYamlArray) -}}
-{{- if and (kindIs "map" $item) (hasKey $item "rule") (hasKey $item "priority") -}}
-{{- $_ := set $priorities (toString $item.rule) (lower (toString $item.priority)) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-{{- range $rule := keys $priorities | sortAlpha -}}
-{{- $p := index $priorities $rule -}}
-{{- if and (hasKey $ranks $p) (gt (int (get $ranks $p)) (int (get $ranks $prio))) -}}
-{{- $disable = append $disable $rule -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
 {{- $args := $files -}}
-{{- if $disable -}}
-{{- $args = append $args "/etc/lanner/rules/minimum_priority.yaml" -}}
-{{- end -}}
 
 {{- /* ---- the rest of falco.yaml: not used ---- */ -}}
 {{- $used := list "customRules" "priority" "json_output" "jsonOutput" "stdout_output" "rule_matching" "http_output" "httpOutput" "load_plugins" "loadPlugins" "plugins" "rules_files" "rules_file" "rulesFile" -}}
@@ -295,7 +267,6 @@ Deterministic: templates include it as often as they need.
 
 {{- $detectorOut := deepCopy $det -}}
 {{- $_ := set $detectorOut "rulesArgs" $args -}}
-{{- $_ := set $detectorOut "disabledRules" $disable -}}
 {{- $_ := set $detectorOut "hubOutput" (and $det.hubOutput $hub.enabled) -}}
 {{- toYaml (dict "detector" $detectorOut "hub" $hub "store" $store "customRules" $custom "notes" $notes) -}}
 {{- end -}}
