@@ -60,6 +60,6 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
  && python3 -c 'import bcc, detector.cli'
 COPY rules/ /etc/lanner/rules/
 RUN mkdir -p /etc/lanner/rules.d
-EXPOSE 8765
+EXPOSE 8765 9765
 ENTRYPOINT ["lanner"]
 CMD ["detect", "--rules", "/etc/lanner/rules/lanner_rules.yaml", "--proc-root", "/host/proc"]

@@ -1,7 +1,7 @@
 {{/*
 "lanner.eff": the values the templates use, as YAML: the Lanner keys, with the Falco and
 Falcosidekick chart keys (driver, falco, falcosidekick, customRules and a few top-level ones)
-read into them, plus `notes` (how each compatibility key was understood, for NOTES.txt).
+read into them, plus the audit webhook's (`k8saudit`) and `notes` (how each compatibility key was understood, for NOTES.txt).
 Values that cannot work stop the render here with a message naming the key and the fix.
 Deterministic: templates include it as often as they need.
 */}}
@@ -10,6 +10,7 @@ Deterministic: templates include it as often as they need.
 {{- $notes := list -}}
 {{- $det := deepCopy $V.detector -}}
 {{- $hub := deepCopy $V.hub -}}
+{{- $audit := deepCopy $V.k8saudit -}}
 {{- $driver := $V.driver | default dict -}}
 {{- $falco := $V.falco | default dict -}}
 {{- $fsk := $V.falcosidekick | default dict -}}
@@ -65,7 +66,7 @@ Deterministic: templates include it as often as they need.
 {{- if hasKey $V "podPriorityClassName" -}}
 {{- $_ := set $det "priorityClassName" $V.podPriorityClassName -}}
 {{- end -}}
-{{- range $k := list "image" "imagePullSecrets" "controller" "collectors" "tty" "mounts" "extra" "healthChecks" "podSecurityContext" "containerSecurityContext" "metrics" "services" "certs" "falcoctl" "rbac" "scc" "grafana" "responseActions" "podHostname" "falcoHostnameEnv" "serviceAccount" -}}
+{{- range $k := list "image" "imagePullSecrets" "controller" "collectors" "tty" "mounts" "extra" "healthChecks" "podSecurityContext" "containerSecurityContext" "metrics" "certs" "falcoctl" "rbac" "scc" "grafana" "responseActions" "podHostname" "falcoHostnameEnv" "serviceAccount" -}}
 {{- if hasKey $V $k -}}
 {{- $notes = append $notes (printf "%s (a Falco chart key) is not used: see detector.* for the detector's settings." $k) -}}
 {{- end -}}
@@ -156,17 +157,110 @@ Deterministic: templates include it as often as they need.
 {{- end -}}
 {{- $_ := set $det "extraOutputs" (uniq $extraOutputs) -}}
 
-{{- /* load_plugins: Lanner has no plugins */ -}}
+{{- /* load_plugins: Lanner has no plugins; k8saudit is the audit webhook */ -}}
+{{- $auditName := include "lanner.k8saudit.fullname" $ -}}
 {{- range $k := list "load_plugins" "loadPlugins" -}}
 {{- range $p := (index $falco $k | default list) -}}
 {{- $p = toString $p -}}
 {{- if eq $p "k8saudit" -}}
-{{- $notes = append $notes "falco.load_plugins: k8saudit - the Kubernetes audit log source is not part of this chart version: nothing listens for audit events and k8s_audit rules are not loaded. Syscall detection is unaffected." -}}
+{{- $_ := set $audit "enabled" true -}}
+{{- $_ := set $audit "fromLoadPlugins" $k -}}
 {{- else if has $p (list "json" "container" "k8smeta") -}}
-{{- $notes = append $notes (printf "falco.load_plugins: %s - built into Lanner (nothing to load)." $p) -}}
+{{- $notes = append $notes (printf "falco.%s: %s - built into Lanner (nothing to load)." $k $p) -}}
 {{- else -}}
-{{- fail (printf "falco.%s: plugin %q has no Lanner equivalent (Lanner loads no plugins; json, container and k8smeta are built in, k8saudit is planned). Remove it." $k $p) -}}
+{{- fail (printf "falco.%s: plugin %q has no Lanner equivalent (Lanner loads no plugins; json, container and k8smeta are built in, k8saudit is the audit webhook, k8saudit.enabled). Remove it." $k $p) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* ---- the Kubernetes audit webhook ---- */ -}}
+{{- /* falco.plugins: the k8saudit plugin's open_params (where it listened) and init_config */ -}}
+{{- range $pl := (ternary ($falco.plugins | default list) list (and $audit.enabled (kindIs "slice" $falco.plugins))) -}}
+{{- if and (kindIs "map" $pl) (eq (toString $pl.name) "k8saudit") -}}
+{{- with $pl.open_params -}}
+{{- $url := toString . -}}
+{{- $re := "^(https?)://([^/:]*|\\[[^]]*\\])(:([0-9]+))?(/[^?#]*)?$" -}}
+{{- $m := regexFindAll $re $url 1 -}}
+{{- if not $m -}}
+{{- fail (printf "falco.plugins[k8saudit].open_params=%q is not the webhook's URL (http://:9765/k8s-audit): fix it or remove it." $url) -}}
+{{- end -}}
+{{- $port := regexReplaceAll $re $url "${4}" -}}
+{{- $path := regexReplaceAll $re $url "${5}" -}}
+{{- $changed := false -}}
+{{- if and $path (ne $path $audit.path) -}}
+{{- $_ := set $audit "path" $path -}}
+{{- $changed = true -}}
+{{- end -}}
+{{- if and $port (ne (int $port) (int $audit.service.port)) -}}
+{{- $_ := set $audit.service "port" (int $port) -}}
+{{- $changed = true -}}
+{{- end -}}
+{{- if $changed -}}
+{{- $notes = append $notes (printf "falco.plugins[k8saudit].open_params=%s: the audit webhook's Service listens on port %d, path %s (k8saudit.service.port, k8saudit.path)." $url (int $audit.service.port) $audit.path) -}}
+{{- end -}}
+{{- if and (hasPrefix "https://" $url) (not $audit.tls.enabled) -}}
+{{- $notes = append $notes "falco.plugins[k8saudit].open_params is https://: the webhook serves HTTP until k8saudit.tls.enabled=true and k8saudit.tls.secretName (a kubernetes.io/tls Secret) are set; sslCertificate is not read." -}}
+{{- end -}}
+{{- end -}}
+{{- $ic := $pl.init_config | default dict -}}
+{{- if kindIs "string" $ic -}}{{- $ic = fromYaml $ic | default dict -}}{{- end -}}
+{{- if or (not (kindIs "map" $ic)) (hasKey $ic "Error") -}}
+{{- fail (printf "falco.plugins[k8saudit].init_config must be a map or its JSON text (e.g. {\"maxEventSize\": 262144}), not %s" (toJson $pl.init_config)) -}}
+{{- end -}}
+{{- if $ic.maxEventSize -}}
+{{- $_ := set $audit "maxEventBytes" (int64 $ic.maxEventSize) -}}
+{{- end -}}
+{{- if $ic.webhookMaxBatchSize -}}
+{{- $_ := set $audit "maxBatchBytes" (int64 $ic.webhookMaxBatchSize) -}}
+{{- end -}}
+{{- if $ic.sslCertificate -}}
+{{- $notes = append $notes "falco.plugins[k8saudit].init_config.sslCertificate (a file of Falco's image) is not read: give the certificate as a Secret, k8saudit.tls.secretName." -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* Falco chart's `services`: the Service that exposed the plugin's port (often a NodePort) */ -}}
+{{- range $svc := (ternary $V.services list (kindIs "slice" $V.services)) -}}
+{{- $matched := false -}}
+{{- if $audit.enabled -}}
+{{- range $p := ($svc.ports | default list) -}}
+{{- if eq (int $p.port) (int $audit.service.port) -}}
+{{- $matched = true -}}
+{{- if $svc.type -}}{{- $_ := set $audit.service "type" (toString $svc.type) -}}{{- end -}}
+{{- if $p.nodePort -}}{{- $_ := set $audit.service "nodePort" (int $p.nodePort) -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $matched -}}
+{{- $notes = append $notes (printf "services[%s] (a Falco chart key): read as the audit webhook's Service %s (type %s%s)." (toString $svc.name) $auditName $audit.service.type (ternary (printf ", nodePort %d" (int ($audit.service.nodePort | default 0))) "" (not (empty $audit.service.nodePort)))) -}}
+{{- else -}}
+{{- $notes = append $notes (printf "services[%s] (a Falco chart key) is not used: only the audit webhook's port (k8saudit.service) is exposed that way." (toString $svc.name)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $V.services (not (kindIs "slice" $V.services)) -}}
+{{- $notes = append $notes "services (a Falco chart key) is not used: see k8saudit.service." -}}
+{{- end -}}
+{{- with $audit.fromLoadPlugins -}}
+{{- $notes = append $notes (printf "falco.%s: k8saudit - the Kubernetes audit webhook runs as Deployment %s (k8saudit.enabled), behind Service %s, port %d, path %s; the API server must be pointed at it (see above)." . $auditName $auditName (int $audit.service.port) $audit.path) -}}
+{{- end -}}
+{{- $_ := unset $audit "fromLoadPlugins" -}}
+{{- if $audit.enabled -}}
+{{- if and $audit.tls.enabled (not $audit.tls.secretName) -}}
+{{- fail "k8saudit.tls.enabled=true needs k8saudit.tls.secretName: a Secret (kubernetes.io/tls, keys tls.crt and tls.key) holding the webhook's certificate and key." -}}
+{{- end -}}
+{{- $ca := $audit.tls.clientCA -}}
+{{- if and $ca.secretName $ca.configMapName -}}
+{{- fail "k8saudit.tls.clientCA: give secretName or configMapName, not both." -}}
+{{- end -}}
+{{- if and (or $ca.secretName $ca.configMapName) (not $audit.tls.enabled) -}}
+{{- fail "k8saudit.tls.clientCA needs k8saudit.tls.enabled=true (client certificates are checked in the TLS handshake) and k8saudit.tls.secretName." -}}
+{{- end -}}
+{{- if ne $audit.service.type "NodePort" -}}
+{{- if $audit.service.nodePort -}}
+{{- fail (printf "k8saudit.service.nodePort needs k8saudit.service.type=NodePort (it is %s)." $audit.service.type) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (hasPrefix "/" $audit.path) -}}
+{{- fail (printf "k8saudit.path=%q must start with /, e.g. /k8s-audit." $audit.path) -}}
 {{- end -}}
 {{- end -}}
 
@@ -186,6 +280,7 @@ Deterministic: templates include it as often as they need.
 
 {{- $rulesDir := "/etc/lanner/rules.d" -}}
 {{- $defaultFile := "/etc/lanner/rules/lanner_rules.yaml" -}}
+{{- $auditFile := "/etc/lanner/rules/lanner_k8s_audit_rules.yaml" -}}
 {{- $rulesKey := "" -}}
 {{- $rulesValue := list -}}
 {{- range $k := list "rules_files" "rules_file" "rulesFile" -}}
@@ -205,8 +300,13 @@ Deterministic: templates include it as often as they need.
 {{- $notes = append $notes (printf "falco.%s: /etc/falco/falco_rules.yaml (Falco's default rules) is Lanner's default rules here, %s. To load Falco's own file, put it in customRules." $rulesKey $defaultFile) -}}
 {{- else if eq $path "/etc/falco/rules.d" -}}
 {{- $mapped = append $mapped $rulesDir -}}
-{{- else if eq $path "/etc/falco/k8s_audit_rules.yaml" -}}
-{{- $notes = append $notes (printf "falco.%s: /etc/falco/k8s_audit_rules.yaml is left out: the Kubernetes audit source is not part of this chart version." $rulesKey) -}}
+{{- else if and (eq $path "/etc/falco/k8s_audit_rules.yaml") (not (hasKey $custom $base)) -}}
+{{- if $audit.enabled -}}
+{{- $mapped = append $mapped $auditFile -}}
+{{- $notes = append $notes (printf "falco.%s: /etc/falco/k8s_audit_rules.yaml (Falco's audit rules) is Lanner's audit rules here, %s, loaded by the audit webhook. Falco's own file loads unchanged: put it in customRules (--set-file 'customRules.k8s_audit_rules\\.yaml=PATH')." $rulesKey $auditFile) -}}
+{{- else -}}
+{{- $notes = append $notes (printf "falco.%s: /etc/falco/k8s_audit_rules.yaml is left out: the audit webhook is off (k8saudit.enabled=true or falco.load_plugins: [k8saudit] turns it on)." $rulesKey) -}}
+{{- end -}}
 {{- else if hasPrefix "/etc/falco/" $path -}}
 {{- if hasKey $custom $base -}}
 {{- $mapped = append $mapped (printf "%s/%s" $rulesDir $base) -}}
@@ -233,6 +333,9 @@ Deterministic: templates include it as often as they need.
 {{- end -}}
 {{- end -}}
 {{- $files = uniq $files -}}
+{{- /* the audit rules are the audit webhook's, not the detectors' (see below) */ -}}
+{{- $fromList := has $auditFile $files -}}
+{{- $files = without $files $auditFile -}}
 {{- if and $hasDir (not $custom) -}}
 {{- /* nothing is mounted there: a missing path would stop the detector */ -}}
 {{- $files = without $files $rulesDir -}}
@@ -253,6 +356,46 @@ Deterministic: templates include it as often as they need.
 
 {{- $args := $files -}}
 
+{{- /* The audit webhook's rules: the detectors' list (their macros and lists, and customRules)
+with the audit rules after Lanner's default rules, or k8saudit.rulesFiles. */ -}}
+{{- $auditArgs := list -}}
+{{- if $audit.rulesFiles -}}
+{{- range $p := $audit.rulesFiles -}}
+{{- $p = trimSuffix "/" (toString $p) -}}
+{{- if or $custom (ne $p $rulesDir) -}}
+{{- $auditArgs = append $auditArgs $p -}}
+{{- end -}}
+{{- end -}}
+{{- $auditArgs = uniq $auditArgs -}}
+{{- else -}}
+{{- $head := list -}}
+{{- $tail := list -}}
+{{- range $p := $files -}}
+{{- if hasPrefix "/etc/lanner/rules/" $p -}}
+{{- $head = append $head $p -}}
+{{- else if or (eq $p $rulesDir) (hasPrefix (printf "%s/" $rulesDir) $p) -}}
+{{- $tail = append $tail $p -}}
+{{- else if $audit.enabled -}}
+{{- $notes = append $notes (printf "k8saudit: %s (in the detectors' rules list) is not mounted in the audit webhook and is left out there; k8saudit.rulesFiles (with k8saudit.extraVolumes) loads it." $p) -}}
+{{- end -}}
+{{- end -}}
+{{- if or $audit.defaultRules $fromList -}}
+{{- $head = append $head $auditFile -}}
+{{- end -}}
+{{- $auditArgs = concat $head $tail -}}
+{{- end -}}
+{{- if $audit.enabled -}}
+{{- if and (not $audit.defaultRules) (has $auditFile $auditArgs) -}}
+{{- fail (printf "k8saudit.defaultRules=false, but the audit webhook's rules list (k8saudit.rulesFiles or falco.rules_files) still loads %s: remove it from the list." $auditFile) -}}
+{{- end -}}
+{{- if and (has $defaultFile $auditArgs) (not $det.defaultRules) -}}
+{{- fail (printf "detector.defaultRules=false, but k8saudit.rulesFiles loads %s: remove it from the list." $defaultFile) -}}
+{{- end -}}
+{{- if not $auditArgs -}}
+{{- fail "The audit webhook's rules list is empty: keep k8saudit.defaultRules=true, or list rules files in k8saudit.rulesFiles (and customRules)." -}}
+{{- end -}}
+{{- end -}}
+
 {{- /* ---- the rest of falco.yaml: not used ---- */ -}}
 {{- $used := list "customRules" "priority" "json_output" "jsonOutput" "stdout_output" "rule_matching" "http_output" "httpOutput" "load_plugins" "loadPlugins" "plugins" "rules_files" "rules_file" "rulesFile" -}}
 {{- $unused := list -}}
@@ -268,5 +411,10 @@ Deterministic: templates include it as often as they need.
 {{- $detectorOut := deepCopy $det -}}
 {{- $_ := set $detectorOut "rulesArgs" $args -}}
 {{- $_ := set $detectorOut "hubOutput" (and $det.hubOutput $hub.enabled) -}}
-{{- toYaml (dict "detector" $detectorOut "hub" $hub "store" $store "customRules" $custom "notes" $notes) -}}
+{{- $auditOut := deepCopy $audit -}}
+{{- $_ := set $auditOut "rulesArgs" $auditArgs -}}
+{{- $_ := set $auditOut "image" (mergeOverwrite (deepCopy $V.detector.image) ($audit.image | default dict)) -}}
+{{- $_ := set $auditOut "defaultRulesFile" (has $defaultFile $auditArgs) -}}
+{{- $_ := set $auditOut "auditRulesFile" (has $auditFile $auditArgs) -}}
+{{- toYaml (dict "detector" $detectorOut "hub" $hub "k8saudit" $auditOut "store" $store "customRules" $custom "notes" $notes) -}}
 {{- end -}}

@@ -27,6 +27,9 @@
 {{- define "lanner.customRules.fullname" -}}{{ include "lanner.fullname" . | trunc 50 | trimSuffix "-" }}-custom-rules{{- end -}}
 {{- define "lanner.hubConfig.fullname" -}}{{ include "lanner.fullname" . | trunc 52 | trimSuffix "-" }}-hub-config{{- end -}}
 {{- define "lanner.hubSecret.fullname" -}}{{ include "lanner.fullname" . | trunc 51 | trimSuffix "-" }}-hub-outputs{{- end -}}
+{{/* The audit webhook: its Deployment, Service, token Secret and ServiceAccount share the name
+that the API server's webhook kubeconfig points at. */}}
+{{- define "lanner.k8saudit.fullname" -}}{{ include "lanner.fullname" . | trunc 57 | trimSuffix "-" }}-audit{{- end -}}
 
 {{- define "lanner.namespace" -}}
 {{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" -}}
@@ -89,6 +92,14 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
+{{- define "lanner.k8saudit.serviceAccountName" -}}
+{{- if .Values.k8saudit.serviceAccount.create -}}
+{{- .Values.k8saudit.serviceAccount.name | default (include "lanner.k8saudit.fullname" .) -}}
+{{- else -}}
+{{- .Values.k8saudit.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "lanner.hub.serviceAccountName" -}}
 {{- if .Values.hub.serviceAccount.create -}}
 {{- .Values.hub.serviceAccount.name | default (include "lanner.hub.fullname" .) -}}
@@ -129,7 +140,15 @@ never changes by itself. `helm template` has no cluster: it generates new ones e
 {{- else -}}
 {{- $redis = randAlphaNum 40 -}}
 {{- end -}}
-{{- $_ := set . "LannerGenerated" (dict "auth" $auth "redis" $redis) -}}
+{{- $audit := "" -}}
+{{- $liveAudit := lookup "v1" "Secret" (include "lanner.namespace" .) (include "lanner.k8saudit.fullname" .) -}}
+{{- $liveAuditData := (get ($liveAudit | default dict) "data") | default dict -}}
+{{- if hasKey $liveAuditData "token" -}}
+{{- $audit = index $liveAuditData "token" | b64dec -}}
+{{- else -}}
+{{- $audit = randAlphaNum 40 -}}
+{{- end -}}
+{{- $_ := set . "LannerGenerated" (dict "auth" $auth "redis" $redis "audit" $audit) -}}
 {{- end -}}
 {{- toYaml .LannerGenerated -}}
 {{- end -}}
@@ -141,11 +160,14 @@ never changes by itself. `helm template` has no cluster: it generates new ones e
 {{- define "lanner.hubToken" -}}
 {{- index (include "lanner.generated" . | fromYaml).auth "hub-token" -}}
 {{- end -}}
+{{- define "lanner.k8sauditToken" -}}
+{{- (include "lanner.generated" . | fromYaml).audit -}}
+{{- end -}}
 {{- define "lanner.redisPassword" -}}
 {{- .Values.redis.auth.password | default (include "lanner.generated" . | fromYaml).redis -}}
 {{- end -}}
 
-{{/* secretKeyRef of the three generated-or-given secrets. */}}
+{{/* secretKeyRef of the four generated-or-given secrets. */}}
 {{- define "lanner.uiTokenRef" -}}
 name: {{ .Values.ui.auth.existingSecret | default (include "lanner.auth.fullname" .) }}
 key: {{ ternary .Values.ui.auth.existingSecretKey "ui-token" (ne .Values.ui.auth.existingSecret "") }}
@@ -153,6 +175,10 @@ key: {{ ternary .Values.ui.auth.existingSecretKey "ui-token" (ne .Values.ui.auth
 {{- define "lanner.hubTokenRef" -}}
 name: {{ .Values.hub.grpcToken.existingSecret | default (include "lanner.auth.fullname" .) }}
 key: {{ ternary .Values.hub.grpcToken.existingSecretKey "hub-token" (ne .Values.hub.grpcToken.existingSecret "") }}
+{{- end -}}
+{{- define "lanner.k8sauditTokenRef" -}}
+name: {{ .Values.k8saudit.token.existingSecret | default (include "lanner.k8saudit.fullname" .) }}
+key: {{ ternary .Values.k8saudit.token.existingSecretKey "token" (ne .Values.k8saudit.token.existingSecret "") }}
 {{- end -}}
 {{- define "lanner.redisPasswordRef" -}}
 name: {{ .Values.redis.auth.existingSecret | default (include "lanner.redis.fullname" .) }}
