@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/hub.py
 	$(VENV)/bin/python bench/store.py
+	$(VENV)/bin/python bench/ui.py
 	$(VENV)/bin/python bench/outputs.py
 	$(VENV)/bin/python bench/engine.py
 	$(VENV)/bin/python bench/detector.py

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import asdict
 from typing import Annotated, Any
 
-import orjson
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 
-from sidekick.alert import TEST_RULE, Alert, Priority, now_ns, parse_duration, parse_time_ns
+from sidekick.alert import TEST_RULE, Alert, Priority, now_ns, parse_duration
+from sidekick.apiutil import BadRequest, Filters, JSONBytes, Reader, Writer, error
+from sidekick.auth import Access, AccessDenied
 from sidekick.config import redacted
+from sidekick.delivery_status import add_delivery_routes
 from sidekick.http_ingest import INGEST_RESPONSES, HubApp
 from sidekick.hub import Hub
-from sidekick.store.base import EventQuery
+from sidekick.livefeed import add_live_routes
+from sidekick.rule_exceptions import add_exception_routes
+from sidekick.triage import add_triage_routes
+from sidekick.ui import SecurityHeaders, add_ui_routes
 
 ALERT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -64,82 +70,6 @@ _MAX_BUCKETS = 200
 _HEALTH_TIMEOUT_S = 2.0
 
 
-class JSONBytes(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def error(status: int, message: str, field: str | None = None) -> JSONBytes:
-    body: dict[str, Any] = {"error": message}
-    if field:
-        body["field"] = field
-    return JSONBytes(body, status_code=status)
-
-
-class BadRequest(Exception):
-    """A wrong query parameter: 400 naming it."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.field = message, field
-
-
-def parse_when(value: str, field: str) -> int:
-    """An RFC3339 time, or a duration meaning that long ago (``15m``, ``24h``, ``7d``)."""
-    try:
-        return parse_time_ns(value)
-    except ValueError:
-        pass
-    try:
-        return now_ns() - int(parse_duration(value) * 1e9)
-    except ValueError:
-        raise BadRequest(
-            f"{value[:64]!r} is neither an RFC3339 time nor a duration", field
-        ) from None
-
-
-def split_list(values: list[str] | None) -> list[str]:
-    """Repeated parameters and comma lists both work: ?rule=a&rule=b or ?rule=a,b."""
-    return [item for value in values or [] for item in value.split(",") if item]
-
-
-ListParam = Annotated[list[str] | None, Query(description="repeat it, or a comma list")]
-
-
-def event_filters(
-    priority: Annotated[str | None, Query(description="minimum priority")] = None,
-    rule: ListParam = None,
-    source: ListParam = None,
-    hostname: ListParam = None,
-    tag: ListParam = None,
-    q: Annotated[str | None, Query(description="text in output, rule or fields")] = None,
-    since: Annotated[str | None, Query(description="RFC3339, or a duration ago: 15m")] = None,
-    until: Annotated[str | None, Query(description="RFC3339, or a duration ago")] = None,
-) -> EventQuery:
-    """The filters shared by the events and stats endpoints (a FastAPI dependency)."""
-    min_priority = None
-    if priority:
-        try:
-            min_priority = Priority.parse(priority)
-        except ValueError as exc:
-            raise BadRequest(str(exc), "priority") from None
-    return EventQuery(
-        min_priority=min_priority,
-        rules=split_list(rule),
-        sources=split_list(source),
-        hostnames=split_list(hostname),
-        tags=split_list(tag),
-        text=(q or "").strip(),
-        since_ns=parse_when(since, "since") if since else None,
-        until_ns=parse_when(until, "until") if until else None,
-    )
-
-
-Filters = Annotated[EventQuery, Depends(event_filters)]
-
-
 def choose_bucket(since_ns: int, until_ns: int) -> int:
     span_s = max(1.0, (until_ns - since_ns) / 1e9)
     for size in _NICE_BUCKETS:
@@ -153,14 +83,24 @@ class RedriveRequest(BaseModel):
     ids: list[str] | None = None
 
 
-def create_app(hub: Hub) -> HubApp:
-    """The HTTP app over a hub; whoever serves it starts and stops the hub."""
+def create_app(hub: Hub, access: Access) -> HubApp:
+    """The HTTP app over a hub; whoever serves it starts and stops the hub. ``access`` guards
+    the UI and the JSON API; ingest, health and metrics are open, as Falcosidekick's."""
 
     app = FastAPI(
         title="Lanner hub",
         version="0.1.0",
         description="Falcosidekick-compatible ingest with durable per-output delivery.",
     )
+
+    app.state.access = access
+
+    @app.exception_handler(AccessDenied)
+    async def _denied(_: Request, exc: AccessDenied) -> Response:
+        response = error(exc.status, exc.message)
+        if exc.status == 401:
+            response.headers["www-authenticate"] = 'Bearer realm="lanner"'
+        return response
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> Response:
@@ -204,7 +144,16 @@ def create_app(hub: Hub) -> HubApp:
         await hub.refresh_gauges()
         return Response(hub.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/api/v1/events", summary="Recent events, newest first")
+    @app.get("/api/v1/session", summary="Who the UI talks to", dependencies=[Reader])
+    async def session() -> Response:
+        """The CSRF token a page sends with its writes (header X-CSRF-Token), and what the UI
+        shows about the hub."""
+        return JSONBytes({"csrf": access.csrf, "outputs": sorted(hub.outputs),
+                          "customfields": sorted(hub.config.customfields),
+                          "retention": {"maxage_s": hub.config.retention.maxage,
+                                        "maxcount": hub.config.retention.maxcount}})
+
+    @app.get("/api/v1/events", summary="Recent events, newest first", dependencies=[Reader])
     async def events(
         query: Filters,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -215,18 +164,22 @@ def create_app(hub: Hub) -> HubApp:
             page = await hub.store.events(query)
         except ValueError as exc:
             raise BadRequest(str(exc), "cursor") from None
-        return JSONBytes(
-            {"events": [a.to_dict() for a in page.events], "next_cursor": page.next_cursor}
-        )
+        triage = await hub.store.triage_of([a.uuid for a in page.events])
+        return JSONBytes({
+            "events": [a.to_dict() for a in page.events],
+            "next_cursor": page.next_cursor,
+            "triage": {uuid: asdict(t) for uuid, t in triage.items()},
+        })
 
-    @app.get("/api/v1/events/{uuid}", summary="One event")
+    @app.get("/api/v1/events/{uuid}", summary="One event", dependencies=[Reader])
     async def event(uuid: str) -> Response:
         alert = await hub.store.get_event(uuid)
         if alert is None:
             return error(404, "no such event", "uuid")
         return JSONBytes(alert.to_dict())
 
-    @app.get("/api/v1/stats", summary="Counts by priority, rule, source, hostname, tag, time")
+    @app.get("/api/v1/stats", summary="Counts by priority, rule, source, hostname, tag, time",
+             dependencies=[Reader])
     async def stats(
         query: Filters,
         bucket: Annotated[str | None, Query(description="bucket size: 1m, 1h...")] = None,
@@ -262,7 +215,8 @@ def create_app(hub: Hub) -> HubApp:
             }
         )
 
-    @app.get("/api/v1/outputs", summary="Enabled outputs, their settings and queues")
+    @app.get("/api/v1/outputs", summary="Enabled outputs, their settings and queues",
+             dependencies=[Reader])
     async def outputs() -> Response:
         stats = await hub.store.queue_stats(list(hub.outputs))
         return JSONBytes(
@@ -277,7 +231,8 @@ def create_app(hub: Hub) -> HubApp:
             }
         )
 
-    @app.get("/api/v1/deadletters", summary="Deliveries given up, newest first")
+    @app.get("/api/v1/deadletters", summary="Deliveries given up, newest first",
+             dependencies=[Reader])
     async def dead_letters(
         output: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> Response:
@@ -299,7 +254,8 @@ def create_app(hub: Hub) -> HubApp:
             }
         )
 
-    @app.post("/api/v1/deadletters/redrive", summary="Queue dead letters again")
+    @app.post("/api/v1/deadletters/redrive", summary="Queue dead letters again",
+              dependencies=[Writer])
     async def redrive(request: RedriveRequest) -> Response:
         if request.output is not None and request.output not in hub.outputs:
             raise BadRequest(f"unknown output {request.output!r}", "output")
@@ -326,4 +282,9 @@ def create_app(hub: Hub) -> HubApp:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return HubApp(hub, app)
+    add_delivery_routes(app, hub)
+    add_triage_routes(app, hub)
+    add_live_routes(app, hub)
+    add_exception_routes(app, hub)
+    add_ui_routes(app, access)
+    return HubApp(hub, SecurityHeaders(app))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sidekick.auth import Access
     from sidekick.config import HubConfig
 
 log = logging.getLogger("lanner")
@@ -50,6 +51,7 @@ async def serve(config: HubConfig) -> int:
     import uvicorn
 
     from sidekick.api import create_app
+    from sidekick.auth import TokenFileError
     from sidekick.hub import Hub
 
     class Server(uvicorn.Server):
@@ -59,6 +61,11 @@ async def serve(config: HubConfig) -> int:
         def capture_signals(self) -> Iterator[None]:
             yield
 
+    try:
+        access, shown_token = _ui_access(config)
+    except TokenFileError as exc:
+        log.error("cannot start the hub: %s", exc)
+        return 1
     hub = Hub(config)
     try:
         await hub.start()
@@ -68,7 +75,7 @@ async def serve(config: HubConfig) -> int:
         return 1
     server = Server(
         uvicorn.Config(
-            create_app(hub),
+            create_app(hub, access),
             host=config.listenaddress or "0.0.0.0",
             port=config.listenport,
             http="httptools",
@@ -85,10 +92,14 @@ async def serve(config: HubConfig) -> int:
         config.grpcport or "off",
     )
 
+    _print_ui_url(config, shown_token)
+
     def on_signal() -> None:
         if server.should_exit:  # a second Ctrl-C: stop now
             server.force_exit = True
         server.should_exit = True
+        # Ends the UI's live streams now: the server waits for open connections to close.
+        hub.broadcaster.close()
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -99,6 +110,34 @@ async def serve(config: HubConfig) -> int:
         log.info("stopping: draining deliveries")
         await hub.stop()
     return 0 if server.started else 1
+
+
+def _ui_access(config: HubConfig) -> tuple[Access, str | None]:
+    """The UI's access check, and the token to print when it is the data dir's (one
+    configured is the operator's to know: it may come from a Secret that logs must not show)."""
+    from sidekick.auth import Access, load_or_make_token
+
+    token = config.ui.token.get_secret_value()
+    shown = None
+    if not token:
+        token, made = load_or_make_token(Path(config.datadir))
+        shown = token
+        if made:
+            log.info("made a UI access token, kept in %s/", config.datadir)
+    return Access(token, config.publicurl), shown
+
+
+def _print_ui_url(config: HubConfig, token: str | None) -> None:
+    """The ready-to-open URL, as Jupyter prints it: on stderr, not through logging, as the one
+    place the token is ever written."""
+    host = config.listenaddress if config.listenaddress not in ("", "0.0.0.0", "::") \
+        else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    base = config.publicurl or f"http://{host}:{config.listenport}"
+    if token is None:
+        print(f"lanner: UI: {base}/ui/ (sign in with ui.token)", file=sys.stderr, flush=True)
+    else:
+        print(f"lanner: UI: {base}/ui/?token={token}", file=sys.stderr, flush=True)
 
 
 def _safe_error(exc: Exception) -> str:

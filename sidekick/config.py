@@ -75,6 +75,21 @@ class RedisConfig(_Section):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # may carry a password
 
 
+class UiConfig(_Section):
+    # Empty: env LANNER_UI_TOKEN, else one generated at first start and kept in the data dir.
+    token: SecretStr = SecretStr("")
+    # Where exceptions made in the UI are saved; empty: <datadir>/lanner_local_rules.yaml.
+    rulesfile: str = ""
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if text and (len(text) < 16 or not text.isprintable() or " " in text):
+            raise ValueError("must be at least 16 printable characters without spaces")
+        return value
+
+
 class HubConfig(_Durations):
     listenaddress: str = ""  # empty: all interfaces, as Falcosidekick
     listenport: int = Field(2801, ge=0, le=65535)
@@ -92,6 +107,7 @@ class HubConfig(_Durations):
     customtags: list[str] = []
     redis: RedisConfig = RedisConfig()
     grpc: GrpcConfig = GrpcConfig()
+    ui: UiConfig = UiConfig()
     retention: RetentionConfig = RetentionConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     outputs: dict[str, SerializeAsAny[OutputConfig]] = {}  # the enabled output sections
@@ -164,6 +180,26 @@ def _apply_env(
             except ValueError as exc:
                 raise ConfigError(f"env {env_name}: {exc}") from None
             origins[(*(path[:-1] if name in shared else path), name)] = f"env {env_name}"
+
+
+UI_TOKEN_ENV = "LANNER_UI_TOKEN"
+
+
+def _ui_token_env(
+    hub_data: dict[str, Any], env: Mapping[str, str], origins: dict[tuple[str, ...], str]
+) -> None:
+    """``LANNER_UI_TOKEN`` sets ``ui.token`` too: the name the Helm chart's Secret uses, and
+    one that cannot clash with another program's ``UI_TOKEN``."""
+    token = env.get(UI_TOKEN_ENV)
+    if token is None:
+        return
+    if "UI_TOKEN" in env and env["UI_TOKEN"] != token:
+        raise ConfigError(f"env {UI_TOKEN_ENV} and env UI_TOKEN differ: set only one")
+    section = hub_data.get("ui")
+    section = dict(section) if isinstance(section, dict) else {}
+    section["token"] = token
+    hub_data["ui"] = section
+    origins[("ui", "token")] = f"env {UI_TOKEN_ENV}"
 
 
 def _yaml_line(node: yaml.Node | None, path: tuple[str, ...]) -> int | None:
@@ -256,6 +292,7 @@ def load_config(
 
     hub_data = {k: data[k] for k in hub_keys if k in data}
     _apply_env(hub_data, HubConfig, (), env, origins)
+    _ui_token_env(hub_data, env, origins)
     fields = hub_data.get("customfields")
     if isinstance(fields, dict):  # `%NAME` reads env NAME, in YAML too (Falcosidekick: env only)
         hub_data["customfields"] = {

@@ -33,6 +33,8 @@ EBPF_READY = "eBPF source attached"
 EBPF_FAILED = "eBPF cannot load:"
 FALLBACK_READY = "Fallback event source"
 FALLBACK_TYPES = "Event types produced:"  # the fallback's description, once it says it
+# What the hub prints about its UI: the URL, with the token when the hub made it (cli.py).
+_UI_LINE = re.compile(r"lanner: UI: \S+/ui/(?:\?token=(\S+))?")
 # A rule of rules/lanner_rules.yaml that both sources can fire on (an open for reading).
 SAMPLE_RULE = "Credential file read"
 SAMPLE_COMMAND = "cat /etc/shadow > /dev/null"
@@ -171,6 +173,8 @@ class Supervisor:
         self.hub: Child | None = None
         self.detector: Child | None = None
         self.watch = DetectorWatch()
+        self.ui_token: str | None = None  # as the hub printed it; "" when it was configured
+        self._ui_said = threading.Event()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only counted: the main loop looks every 100 ms (a lock taken here could deadlock).
@@ -192,7 +196,8 @@ class Supervisor:
         command = [sys.executable, "-m", "sidekick.cli", "sidekick", "--datadir", a.datadir,
                    "--listenaddress", a.listenaddress, "--listenport", str(a.listenport),
                    "--grpcport", str(a.grpcport)]
-        self.hub = Child("hub", command + (["-c", a.config_file] if a.config_file else []))
+        self.hub = Child("hub", command + (["-c", a.config_file] if a.config_file else []),
+                         on_line=self._hub_said)
         problem = self._wait_healthy(self.hub)
         if problem is not None:
             if self.signals:
@@ -200,6 +205,12 @@ class Supervisor:
             say(f"lanner run: {problem}")
             return 1
         say(f"lanner run: hub ready: {self.url}/  events API: {self.url}/api/v1/events")
+        self._ui_said.wait(2.0)  # printed before the hub listens; its pump may lag behind
+        if self.ui_token:
+            say(f"lanner run: UI: {self.url}/ui/?token={self.ui_token}  (the API takes the token "
+                "as Authorization: Bearer <token>)")
+        else:
+            say(f"lanner run: UI: {self.url}/ui/ (sign in with the token you configured)")
         say(f"lanner run: a test alert, no detector needed: curl -s -XPOST {self.url}/test")
         if os.geteuid() != 0:
             say("lanner run: not root, so the hub runs alone: the detector needs root to watch "
@@ -215,6 +226,12 @@ class Supervisor:
                 on_line=self.watch.feed)
         say("lanner run: Ctrl-C stops everything")
         return self._supervise()
+
+    def _hub_said(self, line: str) -> None:
+        found = _UI_LINE.search(line)
+        if found:
+            self.ui_token = found[1] or ""
+            self._ui_said.set()
 
     def _wait_healthy(self, hub: Child) -> str | None:
         """None once the hub answers /healthz, else why it does not."""
@@ -270,8 +287,10 @@ class Supervisor:
         if watch.file_events:
             sudo = "sudo " if os.environ.get("SUDO_USER") else ""
             query = urllib.parse.urlencode({"rule": SAMPLE_RULE})
+            token = self.ui_token or "<token>"
             say(f"lanner run: trigger a sample alert: {sudo}{SAMPLE_COMMAND}  (rule "
-                f"\"{SAMPLE_RULE}\"), then: curl -s '{self.url}/api/v1/events?{query}'")
+                f"\"{SAMPLE_RULE}\"), then: curl -s -H 'Authorization: Bearer {token}' "
+                f"'{self.url}/api/v1/events?{query}'")
 
     def _shutdown(self) -> int:
         """Detector first, so that its buffer reaches the hub; then the hub. 1 if either had

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,11 +37,18 @@ class HubProcess:
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.log_path = workdir / f"{name}.log"
-        self.env = {**os.environ, **(env or {})}
+        # The UI token (env LANNER_UI_TOKEN) is in ``url`` as Basic credentials, so API calls
+        # through it are authenticated; ``base_url`` has none (a browser, or a test of access).
+        self.token = secrets.token_urlsafe(24)
+        self.env = {**os.environ, "LANNER_UI_TOKEN": self.token, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        return f"http://lanner:{self.token}@127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> HubProcess:

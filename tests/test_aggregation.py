@@ -478,7 +478,7 @@ def test_windows_survive_a_hub_restart(tmp_path: Path, receiver: Receiver) -> No
     finally:
         assert hub.stop() == 0
     time.sleep(2.0)  # the window ends while no hub runs
-    with hub.start():
+    with hub:  # starts it again (and stops it at the end)
         wait_until(lambda: len(slack_bodies(receiver)) >= 2, 10, "the summary")
         time.sleep(1.0)
         first, summary = slack_bodies(receiver)

@@ -37,6 +37,7 @@ LANNER = str(Path(sys.executable).with_name("lanner"))
 # The outer `make test` must not leak into the `make run` under test.
 MAKE_ENV = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES", "SUDO_USER")
 HUB_READY = r"hub ready: (http://\S+)/  events API: (\S+)"
+UI_READY = r"lanner run: UI: (http://\S+)/ui/\?token=(\S+)  "
 SAMPLE = r"trigger a sample alert: (.+?)  \(rule \"([^\"]+)\"\)"
 ALERT_WAIT = 5.0
 # What `lanner run` says when a part of it failed: waiting longer would be pointless.
@@ -199,11 +200,12 @@ def perform(command: str, scratch: Path) -> Performed:
     return Performed(marker.name, start, time.time_ns())
 
 
-def wait_alert(events_url: str, rule: str, performed: Performed,
+def wait_alert(events_url: str, token: str, rule: str, performed: Performed,
                *, exact: bool = True) -> tuple[dict[str, Any], float]:
     start = time.monotonic()
     while True:
-        page = httpx.get(events_url, params={"rule": rule, "limit": 100}, timeout=10).json()
+        page = httpx.get(events_url, params={"rule": rule, "limit": 100}, timeout=10,
+                         headers={"authorization": f"Bearer {token}"}).json()
         for event in page["events"]:
             if performed.caused(event["output_fields"], exact=exact):
                 return event, time.monotonic() - start
@@ -226,13 +228,15 @@ def test_make_run_catches_the_sample_and_stops_cleanly_on_ctrl_c(
         hub_url, events_url = run.wait_for(HUB_READY, 120).groups()
         assert hub_url == f"http://127.0.0.1:{run.port}"
         assert events_url == f"{hub_url}/api/v1/events"
+        ui_url, token = run.wait_for(UI_READY, 5).groups()
+        assert ui_url == hub_url and httpx.get(events_url, timeout=10).status_code == 401
         started = time.monotonic()
         command, rule = run.wait_for(SAMPLE, 420).groups()
         ready_after = time.monotonic() - started
         assert "detector ready (eBPF), publishing to the hub over gRPC at " \
             f"127.0.0.1:{run.grpcport}" in run.output
         assert not command.startswith("sudo")  # root's own shell
-        event, latency = wait_alert(events_url, rule, perform(command, tmp_path))
+        event, latency = wait_alert(events_url, token, rule, perform(command, tmp_path))
         assert event["output_fields"]["fd.name"] == "/etc/shadow"
         assert event["uuid"] and event["priority"] == "Warning"
         # The alternative without the detector works too.
@@ -267,12 +271,13 @@ def test_without_ebpf_it_says_why_in_one_line_and_uses_the_fallback(
     run = make_run(tmp_path, "--", "--headers", str(tmp_path / "no-headers"))
     try:
         _, events_url = run.wait_for(HUB_READY, 120).groups()
+        token = run.wait_for(UI_READY, 5).group(2)
         command, rule = run.wait_for(SAMPLE, 120).groups()
         why = run.wait_for(r"lanner run: eBPF cannot run here \((.+)\): the detector uses its "
                            r"fallback source", 1).group(1)
         assert "no-headers" in why
         assert "detector ready (fallback)" in run.output
-        event, _ = wait_alert(events_url, rule, perform(command, tmp_path),
+        event, _ = wait_alert(events_url, token, rule, perform(command, tmp_path),
                               exact=False)
         assert event["output_fields"]["fd.name"] == "/etc/shadow"
         tree = descendants(run.proc.pid)

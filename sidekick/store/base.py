@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidekick.aggregation import Aggregation
+import orjson
+
+from sidekick.aggregation import OPENER_FIELD, Aggregation
 from sidekick.alert import Alert, Priority
 
 
@@ -61,10 +63,49 @@ class EventQuery:
     hostnames: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     text: str = ""  # case-insensitive substring of output, rule or any output field value
+    # output field name -> values (as field_text writes them); OR-ed per name, AND-ed across
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    triage: list[str] = field(default_factory=list)  # TRIAGE_STATES; "new" includes untriaged
     since_ns: int | None = None  # inclusive, event time
     until_ns: int | None = None  # exclusive, event time
     limit: int = 100
     cursor: str | None = None  # from the previous page's next_cursor
+
+    def has_filters(self) -> bool:
+        """Whether anything but the time range narrows the events."""
+        return bool(self.rules or self.sources or self.hostnames or self.tags or self.text
+                    or self.fields or self.triage or self.min_priority is not None)
+
+
+TRIAGE_STATES = ("new", "acknowledged", "false_positive", "resolved")
+
+
+@dataclass(slots=True)
+class Triage:
+    """What an operator decided about an event; an event without one is "new"."""
+
+    status: str  # one of TRIAGE_STATES
+    note: str
+    actor: str  # who, as the operator named themselves (the token is shared)
+    at_ns: int
+
+
+@dataclass(slots=True)
+class DeliveryRecord:
+    """One step of an event's delivery to one output. No record yet: still queued."""
+
+    output: str
+    state: str  # DELIVERY_STATES
+    at_ns: int
+    attempts: int = 0  # attempts made so far
+    next_ns: int | None = None  # retrying: when the next attempt is due
+    reason: str = ""  # retrying: the last error; dead: why; aggregated: the window's opener
+    dead_id: str = ""  # dead: the dead letter's id, to re-drive it
+    summary: bool = False  # the step of an aggregation summary this event opened
+
+
+DELIVERY_STATES = ("delivered", "retrying", "dead", "redriven", "aggregated")
+AGGREGATED = "counted in an open aggregation window: its summary goes out when the window ends"
 
 
 @dataclass(slots=True)
@@ -104,6 +145,48 @@ def search_text(output: str, rule: str, output_fields: dict[str, Any]) -> str:
         else:
             parts.append(_field_text(value))
     return "\x1f".join(parts).lower()
+
+
+def field_text(value: Any) -> str | None:
+    """An output field's value as field filters compare it; None (no value) never matches."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return orjson.dumps(value).decode()
+    return _field_text(value)
+
+
+def log_uuid(alert: Alert) -> str:
+    """The event a delivery's record belongs to: an aggregation summary is not an event of its
+    own, its steps are shown on the event that opened its window."""
+    opener = alert.output_fields.get(OPENER_FIELD)
+    return opener if isinstance(opener, str) and opener else alert.uuid
+
+
+def event_matches(
+    d: dict[str, Any], query: EventQuery, prios: set[str] | None, needle: str,
+    status: str = "new",
+) -> bool:
+    """Whether an event (as ``Alert.to_dict``) with triage ``status`` passes ``query``'s filters
+    (not its time range); ``prios`` are the priority labels allowed, ``needle`` the lowercased
+    text. Stores that filter in code, and live feeds, use it."""
+    if query.rules and d["rule"] not in query.rules:
+        return False
+    if query.sources and d["source"] not in query.sources:
+        return False
+    if query.hostnames and d["hostname"] not in query.hostnames:
+        return False
+    if query.tags and not set(query.tags).intersection(d["tags"]):
+        return False
+    if prios is not None and d["priority"] not in prios:
+        return False
+    if query.triage and status not in query.triage:
+        return False
+    fields = d["output_fields"]
+    for name, values in query.fields.items():
+        if field_text(fields.get(name)) not in values:
+            return False
+    return not needle or needle in search_text(d["output"], d["rule"], fields)
 
 
 def encode_cursor(time_ns: int, uuid: str) -> str:
@@ -234,3 +317,38 @@ class Store(abc.ABC):
     async def enforce_retention(self, max_age_s: float, max_count: int) -> int:
         """Delete events older than ``max_age_s`` (event time) and beyond the newest
         ``max_count``; returns how many were deleted. Deliveries are not affected."""
+
+    # --- triage and delivery records --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def set_triage(self, uuids: list[str], triage: Triage) -> int:
+        """Set the triage of the stored events among ``uuids`` (others are skipped) and add it
+        to their history; returns how many were set. Retention removes both with the event."""
+
+    @abc.abstractmethod
+    async def triage_of(self, uuids: list[str]) -> dict[str, Triage]:
+        """The current triage of those of ``uuids`` that have one."""
+
+    @abc.abstractmethod
+    async def triage_history(self, uuid: str) -> list[Triage]:
+        """Every triage the event was given, oldest first."""
+
+    @abc.abstractmethod
+    async def delivery_log(self, uuid: str) -> list[DeliveryRecord]:
+        """The steps of the event's deliveries (every output), oldest first. The store records
+        them as they happen: counted into an aggregation window, each failed attempt, dead
+        letter, re-drive and the delivery itself; a summary's steps go to the event that
+        opened its window."""
+
+    async def matching_uuids(self, query: EventQuery, limit: int) -> list[str]:
+        """Up to ``limit`` uuids of the events matching ``query``, newest first."""
+        found: list[str] = []
+        query.cursor = None
+        while len(found) < limit:
+            query.limit = min(1000, limit - len(found))
+            page = await self.events(query)
+            found += [a.uuid for a in page.events]
+            if page.next_cursor is None:
+                break
+            query.cursor = page.next_cursor
+        return found

@@ -19,6 +19,7 @@ Key layout (prefix ``lanner:`` by default):
 - ``deadseq``          dead-letter id counter; ``deadouts`` SET of outputs with dead letters
 - ``ixkeys``           SET of the index keys, for stats over a time range without a scan
 - ``agg:*``, ``aggcur:*``, ``aggdue``  aggregation windows (``redis_aggregate``)
+- ``tri``, ``trilog:*``, ``ix:g:*``, ``dlog:*``  triage and delivery records (``redis_records``)
 - ``live``             pub/sub channel: accepted alerts, for the other replicas' live feeds
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -35,64 +35,32 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from sidekick.aggregation import Aggregation
-from sidekick.alert import Alert, AlertError, Priority, now_ns
+from sidekick.aggregation import OPENER_FIELD, Aggregation
+from sidekick.alert import Alert, AlertError, now_ns
+from sidekick.store import redis_records as records
 from sidekick.store import redis_scripts as lua
 from sidekick.store.base import (
     DeadLetter,
     Delivery,
-    EventPage,
-    EventQuery,
     Ingested,
     QueueStats,
-    Stats,
     Store,
-    decode_cursor,
-    encode_cursor,
-    search_text,
 )
 from sidekick.store.redis_aggregate import RedisWindows, route
+from sidekick.store.redis_reads import RedisReads, _member, _tkey
+from sidekick.store.redis_records import RedisRecords
 
 log = logging.getLogger("lanner.store")
 GROUP = "lanner"
-_T_OFFSET = 10**20  # keeps pre-1970 times (down to year 0) positive in index members
-_T_MAX = 10**22 - 1 - _T_OFFSET
 _POLL_S = 0.15  # longest blocking wait, so due retries and expired leases are noticed
 _RETENTION_CHUNK = 500
-_MAX_BUCKETS = 1000
-
-
-def _tkey(time_ns: int) -> str:
-    return f"{max(-_T_OFFSET, min(time_ns, _T_MAX)) + _T_OFFSET:022d}"
-
-
-def _member(time_ns: int, uuid: str) -> str:
-    return f"{_tkey(time_ns)}:{uuid}"
-
-
-def _member_time(member: str) -> int:
-    return int(member[:22]) - _T_OFFSET
 
 
 def _age_member(accepted_ns: int, uuid: str) -> str:
     return f"{accepted_ns:020d}:{uuid}"
 
 
-def _matches(d: dict[str, Any], query: EventQuery, prios: set[str] | None, needle: str) -> bool:
-    if query.rules and d["rule"] not in query.rules:
-        return False
-    if query.sources and d["source"] not in query.sources:
-        return False
-    if query.hostnames and d["hostname"] not in query.hostnames:
-        return False
-    if query.tags and not set(query.tags).intersection(d["tags"]):
-        return False
-    if prios is not None and d["priority"] not in prios:
-        return False
-    return not needle or needle in search_text(d["output"], d["rule"], d["output_fields"])
-
-
-class RedisStore(Store):
+class RedisStore(RedisReads, Store):
     def __init__(self, url: str, consumer: str, prefix: str = "lanner:") -> None:
         self.url = url
         self.consumer = consumer
@@ -115,6 +83,7 @@ class RedisStore(Store):
         self._complete = reg(lua.COMPLETE)
         self._retry, self._bury, self._redrive = reg(lua.RETRY), reg(lua.BURY), reg(lua.REDRIVE)
         self._windows = RedisWindows(self._r, self.p)
+        self._records = RedisRecords(self._r, self.p)
 
     async def close(self) -> None:
         if self._r is not None:
@@ -261,14 +230,16 @@ class RedisStore(Store):
             await self.r.xread({q: flat[1]}, count=1, block=block)
 
     async def complete(self, deliveries: list[Delivery]) -> None:
-        by_output: dict[str, list[str]] = {}
+        by_output: dict[str, list[Any]] = {}
+        now = now_ns()
         for d in deliveries:
             by_output.setdefault(d.output, []).extend(
-                (d.id, _age_member(d.accepted_ns, d.alert.uuid))
+                (d.id, _age_member(d.accepted_ns, d.alert.uuid),
+                 *records.record_args(d, now, "delivered", d.attempts + 1))
             )
         for output, args in by_output.items():
             q, _, age, leases = self._qkeys(output)
-            await self._complete(keys=[q, age, leases], args=[GROUP, *args])
+            await self._complete(keys=[q, age, leases], args=[GROUP, self.p, *args])
 
     async def retry(self, delivery: Delivery, due_ns: int, error: str) -> None:
         q, retry, age, leases = self._qkeys(delivery.output)
@@ -283,8 +254,11 @@ class RedisStore(Store):
             ]
         )
         k = _age_member(delivery.accepted_ns, delivery.alert.uuid)
+        log = records.record_args(delivery, now_ns(), "retrying", delivery.attempts + 1, due_ns,
+                                  error)
         await self._retry(
-            keys=[q, retry, age, leases], args=[GROUP, delivery.id, due_ns, member, k]
+            keys=[q, retry, age, leases],
+            args=[GROUP, delivery.id, due_ns, member, k, self.p, *log],
         )
 
     async def bury(self, delivery: Delivery, reason: str) -> None:
@@ -300,7 +274,8 @@ class RedisStore(Store):
         }
         keys = [q, age, leases, *self._dead_keys(delivery.output)]
         keys += [f"{self.p}deadseq", f"{self.p}deadouts"]
-        args = [GROUP, delivery.id, k, dead, orjson.dumps(record), delivery.output]
+        log = records.record_args(delivery, dead, "dead", delivery.attempts + 1, reason=reason)
+        args = [GROUP, delivery.id, k, dead, orjson.dumps(record), delivery.output, self.p, *log]
         await self._bury(keys=keys, args=args)
 
     def _dead_keys(self, output: str) -> tuple[str, str]:
@@ -334,7 +309,7 @@ class RedisStore(Store):
         total = 0
         for out in await self._dead_outputs(output):
             q = self._qkeys(out)[0]
-            args = [now_ns(), "*"] if ids is None else [now_ns(), *map(str, ids)]
+            args = [now_ns(), self.p, out, OPENER_FIELD, *(["*"] if ids is None else ids)]
             total += await self._redrive(keys=[q, *self._dead_keys(out)], args=args)
         return total
 
@@ -360,187 +335,6 @@ class RedisStore(Store):
     async def get_event(self, uuid: str) -> Alert | None:
         raw = await self.r.get(f"{self.p}ev:{uuid}")
         return Alert.from_json(raw) if raw is not None else None
-
-    def _bounds(self, query: EventQuery, use_cursor: bool) -> tuple[str, str]:
-        """ZRANGEBYLEX (max, min) for the query's time range and cursor, newest-first."""
-        his: list[str] = []
-        if query.until_ns is not None:
-            his.append(_tkey(query.until_ns))  # every member at until_ns sorts above this
-        if use_cursor and query.cursor:
-            his.append(_member(*decode_cursor(query.cursor)))
-        hi = "(" + min(his) if his else "+"
-        lo = "[" + _tkey(query.since_ns) if query.since_ns is not None else "-"
-        return hi, lo
-
-    def _priorities(self, query: EventQuery) -> set[str] | None:
-        if query.min_priority is None:
-            return None
-        return {p.label for p in Priority if p >= query.min_priority}
-
-    async def _plan(self, query: EventQuery, hi: str, lo: str) -> list[str]:
-        """The index keys to walk: the filter whose union holds the fewest members in range."""
-        groups = [[f"{self.p}ix:all"]]
-        prios = self._priorities(query)
-        for kind, values in (
-            ("r", query.rules),
-            ("s", query.sources),
-            ("h", query.hostnames),
-            ("t", query.tags),
-            ("p", sorted(prios) if prios is not None else []),
-        ):
-            if values:
-                groups.append([self._ix(kind, v) for v in dict.fromkeys(values)])
-        if len(groups) == 1:
-            return groups[0]
-        async with self.r.pipeline(transaction=False) as pipe:
-            for keys in groups:
-                for key in keys:
-                    pipe.zlexcount(key, lo, hi)
-            counts = iter(await pipe.execute())
-        sizes = [sum(next(counts) for _ in keys) for keys in groups]
-        return groups[sizes.index(min(sizes))]
-
-    async def _walk(
-        self, keys: list[str], hi: str, lo: str, chunk: int
-    ) -> AsyncIterator[list[str]]:
-        """Members of the union of ``keys`` in [lo, hi], newest first, in chunks."""
-        while True:
-            async with self.r.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.zrevrangebylex(key, hi, lo, 0, chunk)
-                replies: list[list[str]] = await pipe.execute()
-            # Beyond the highest last member of a full reply, some key may hold more members
-            # not fetched yet; above it, every key's members are all here.
-            full = [r[-1] for r in replies if len(r) == chunk]
-            merged = sorted(set().union(*replies), reverse=True)
-            if not full:
-                if merged:
-                    yield merged
-                return
-            edge = max(full)
-            yield [m for m in merged if m >= edge]
-            hi = "(" + edge
-
-    async def _scan(
-        self, query: EventQuery, chunk: int, use_cursor: bool
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Matching (member, event dict) pairs, newest first."""
-        hi, lo = self._bounds(query, use_cursor)
-        if hi != "+" and lo != "-" and hi[1:] <= lo[1:]:
-            return
-        keys = await self._plan(query, hi, lo)
-        prios, needle = self._priorities(query), query.text.lower()
-        async for members in self._walk(keys, hi, lo, chunk):
-            raws = await self.r.mget([f"{self.p}ev:{m[23:]}" for m in members])
-            for m, raw in zip(members, raws, strict=True):
-                if raw is None:
-                    continue  # removed by retention meanwhile
-                d = orjson.loads(raw)
-                # A stale member (the uuid was accepted again after its dedup window) is skipped.
-                if d.get("_m") == m and _matches(d, query, prios, needle):
-                    yield m, d
-
-    async def events(self, query: EventQuery) -> EventPage:
-        if query.limit < 1:
-            raise ValueError("limit must be at least 1")
-        # One extra match tells whether an older page exists.
-        want = query.limit + 1
-        lists = (query.rules, query.sources, query.hostnames, query.tags)
-        # One filter at most: the index walked is exactly the matches, no need to over-fetch.
-        selective = not query.text and sum(map(bool, lists)) + (query.min_priority is not None) < 2
-        chunk = want if selective else min(max(4 * want, 500), 2000)
-        found: list[tuple[str, dict[str, Any]]] = []
-        async for item in self._scan(query, chunk, use_cursor=True):
-            found.append(item)
-            if len(found) == want:
-                break
-        events = [Alert.from_dict(d) for _, d in found[: query.limit]]
-        cursor = None
-        if len(found) > query.limit:
-            m = found[query.limit - 1][0]
-            cursor = encode_cursor(_member_time(m), m[23:])
-        return EventPage(events, cursor)
-
-    async def stats(self, query: EventQuery, bucket_s: int) -> Stats:
-        if bucket_s <= 0:
-            raise ValueError("bucket must be at least 1s")
-        width = int(bucket_s * 1_000_000_000)
-        if query.since_ns is not None and query.until_ns is not None:
-            self._bucket_range(query.since_ns, query.until_ns, width)  # fail before scanning
-        filtered = query.text or query.rules or query.sources or query.hostnames or query.tags
-        if filtered or query.min_priority is not None:
-            total, counts, times = await self._count_by_scan(query, width)
-        else:
-            total, counts, times = await self._count_by_index(query, width)
-        start = query.since_ns if query.since_ns is not None else min(times, default=None)
-        end = query.until_ns if query.until_ns is not None else max(times, default=None)
-        if query.until_ns is None and end is not None:
-            end += width  # the newest bucket start; its bucket is included
-        buckets = []
-        if start is not None and end is not None:
-            buckets = [(b, times.get(b, 0)) for b in self._bucket_range(start, end, width)]
-        by_priority = {p.label: counts["p"][p.label] for p in Priority if counts["p"][p.label]}
-        by = [dict(counts[k]) for k in "rsht"]
-        return Stats(total, by_priority, *by, buckets=buckets)
-
-    async def _count_by_scan(
-        self, query: EventQuery, width: int
-    ) -> tuple[int, dict[str, Counter[str]], Counter[int]]:
-        counts: dict[str, Counter[str]] = {k: Counter() for k in "prsht"}
-        times: Counter[int] = Counter()
-        async for m, d in self._scan(query, 1000, use_cursor=False):
-            for k, field in (("p", "priority"), ("r", "rule"), ("s", "source"), ("h", "hostname")):
-                counts[k][d[field]] += 1
-            counts["t"].update(set(d["tags"]))
-            times[_member_time(m) // width * width] += 1
-        return times.total(), counts, times
-
-    async def _count_by_index(
-        self, query: EventQuery, width: int
-    ) -> tuple[int, dict[str, Counter[str]], Counter[int]]:
-        """A time range only: count every index key over it, and ix:all per bucket."""
-        hi, lo = self._bounds(query, use_cursor=False)
-        all_key, keys = f"{self.p}ix:all", sorted(await self.r.smembers(f"{self.p}ixkeys"))
-        keys = [k for k in keys if k != all_key]
-        if any("\ufffd" in k for k in keys):  # a key name that lost a NUL: not exact
-            return await self._count_by_scan(query, width)
-        async with self.r.pipeline(transaction=False) as pipe:
-            pipe.zlexcount(all_key, lo, hi)
-            pipe.zrangebylex(all_key, lo, hi, 0, 1).zrevrangebylex(all_key, hi, lo, 0, 1)
-            for key in keys:
-                pipe.zlexcount(key, lo, hi)
-            total, oldest, newest, *per_key = await pipe.execute()
-        counts: dict[str, Counter[str]] = {k: Counter() for k in "prsht"}
-        skip = len(self.p) + 3  # "ix:"
-        for key, n in zip(keys, per_key, strict=True):
-            if n and key[skip + 1] == ":":
-                counts[key[skip]][key[skip + 2 :]] += n
-        times: Counter[int] = Counter()
-        if not total:
-            return 0, counts, times
-        first = _member_time(oldest[0]) // width * width
-        last = _member_time(newest[0]) // width * width
-        starts = range(first, last + 1, width)
-        self._bucket_range(first, last + 1, width)
-        async with self.r.pipeline(transaction=False) as pipe:
-            for b in starts:
-                b_lo, b_hi = "[" + _tkey(b), "(" + _tkey(b + width)
-                b_lo = lo if lo != "-" and lo[1:] > b_lo[1:] else b_lo
-                b_hi = hi if hi != "+" and hi[1:] < b_hi[1:] else b_hi
-                pipe.zlexcount(all_key, b_lo, b_hi)
-            times.update(dict(zip(starts, await pipe.execute(), strict=True)))
-        return total, counts, times
-
-    @staticmethod
-    def _bucket_range(start: int, end: int, width: int) -> range:
-        """Bucket starts covering [start, end)."""
-        first = start // width * width
-        buckets = range(first, end, width) if end > start else range(0)
-        if len(buckets) > _MAX_BUCKETS:
-            raise ValueError(
-                f"too many buckets ({len(buckets)} > {_MAX_BUCKETS}): widen the bucket"
-            )
-        return buckets
 
     async def enforce_retention(self, max_age_s: float, max_count: int) -> int:
         all_key = f"{self.p}ix:all"

@@ -7,7 +7,11 @@ ARGV: fine for one Redis (or a primary with replicas), not for Redis Cluster.
 
 from __future__ import annotations
 
+import orjson
+
+from sidekick.store.base import AGGREGATED
 from sidekick.store.redis_aggregate import ADMIT
+from sidekick.store.redis_records import LUA_FORGET, LUA_RECORD
 
 # Index keys of an event JSON; must match RedisStore._ix() (NUL is the separator of the
 # index list accept gets, so it is replaced in key names on both sides).
@@ -41,6 +45,8 @@ end
 ACCEPT = (
     _UNINDEX
     + ADMIT
+    + LUA_FORGET
+    + f"local AGGREGATED = {orjson.dumps(AGGREGATED).decode()}\n"  # a JSON string reads in Lua
     + """
 local p, win, t = ARGV[1], ARGV[2], ARGV[3]
 local tm = redis.call('TIME')
@@ -67,6 +73,7 @@ for i = 4, #ARGV, 4 do
       if d then
         redis.call('ZREM', p .. 'ix:all', d._m)
         unindex(p, d)
+        moved(p, uuid, d._m, m)
       end
     end
     add(p .. 'ix:all', m)
@@ -78,6 +85,8 @@ for i = 4, #ARGV, 4 do
       if out then
         redis.call('XADD', p .. 'q:' .. out, '*', 'a', j, 't', t, 'n', '0')
       else
+        redis.call('RPUSH', p .. 'dlog:' .. uuid, cjson.encode({o = aggregated, s = 'aggregated',
+          t = t, n = 0, r = AGGREGATED, m = 0}))
         if not counters[aggregated] then
           counters[aggregated] = 0
           counted[#counted + 1] = aggregated
@@ -113,6 +122,7 @@ return {res, tally}
 # retention concurrently each count only what they removed).
 RETENTION = (
     _UNINDEX
+    + LUA_FORGET
     + """
 local p = ARGV[1]
 local removed = 0
@@ -126,6 +136,7 @@ for i = 2, #ARGV do
     -- A different _m means the uuid was accepted again since: that copy stays.
     if d and d._m == m then
       unindex(p, d)
+      forget(p, d.uuid, m)
       redis.call('DEL', evk)
     end
   end
@@ -206,35 +217,40 @@ return {'', '0-0'}
 # The age zset holds only retried deliveries: back in the stream, they are out of accept
 # order, which otherwise makes the stream head the oldest pending.
 
-# KEYS: stream, age zset, lease zset. ARGV: group, then (entry id, age member) pairs. XACK
-# answering 0 means another lease holder already settled the entry: leave the age zset then.
-COMPLETE = """
+# KEYS: stream, age zset, lease zset. ARGV: group, prefix, then (entry id, age member, log
+# uuid, delivery record) per delivery. XACK answering 0 means another lease holder already
+# settled the entry: leave the age zset and the record to it then.
+COMPLETE = LUA_RECORD + """
 local n = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 4 do
   redis.call('ZREM', KEYS[3], ARGV[i])
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     redis.call('XDEL', KEYS[1], ARGV[i])
     redis.call('ZREM', KEYS[2], ARGV[i + 1])
+    record(ARGV[2], ARGV[i + 2], ARGV[i + 3])
     n = n + 1
   end
 end
 return n
 """
 
-# KEYS: stream, retry zset, age zset, lease zset. ARGV: group, id, due_ns, member, age member.
-RETRY = """
+# KEYS: stream, retry zset, age zset, lease zset. ARGV: group, id, due_ns, member, age member,
+# prefix, log uuid, delivery record.
+RETRY = LUA_RECORD + """
 redis.call('ZREM', KEYS[4], ARGV[2])
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
+record(ARGV[6], ARGV[7], ARGV[8])
 return 1
 """
 
 # KEYS: stream, age zset, lease zset, dead zset (id by dead_ns), dead hash (id -> record), id
 # counter, set of outputs with dead letters. ARGV: group, entry id, age member, dead_ns,
-# record, output.
-BURY = """
+# record, output, prefix, log uuid, delivery record (its closing brace is where the dead-letter
+# id goes).
+BURY = LUA_RECORD + """
 redis.call('ZREM', KEYS[3], ARGV[2])
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -243,18 +259,20 @@ local id = tostring(redis.call('INCR', KEYS[6]))
 redis.call('HSET', KEYS[5], id, ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[4], id)
 redis.call('SADD', KEYS[7], ARGV[6])
+record(ARGV[7], ARGV[8], string.sub(ARGV[9], 1, -2) .. ',"d":"' .. id .. '"}')
 return id
 """
 
-# KEYS: stream, dead zset, dead hash. ARGV: now_ns, then '*' for all or ids. As in the SQLite
+# KEYS: stream, dead zset, dead hash. ARGV: now_ns, prefix, output, opener field name, then
+# '*' for all or ids. As in the SQLite
 # store, a redriven delivery starts afresh (attempts 0, accepted now) so it is not buried again
 # at once for its age; being accepted now also keeps the stream head the oldest fresh entry.
-REDRIVE = """
+REDRIVE = LUA_RECORD + """
 local ids = {}
-if ARGV[2] == '*' then
+if ARGV[5] == '*' then
   ids = redis.call('ZRANGE', KEYS[2], 0, -1)
 else
-  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
 local n = 0
 for _, id in ipairs(ids) do
@@ -262,6 +280,17 @@ for _, id in ipairs(ids) do
   if rec then
     local d = cjson.decode(rec)
     redis.call('XADD', KEYS[1], '*', 'a', d.a, 't', ARGV[1], 'n', '0', 'e', d.r)
+    -- Only the uuid is read from the alert: its big numbers may lose precision in Lua.
+    local ok, a = pcall(cjson.decode, d.a)
+    if ok and type(a) == 'table' then
+      local opener = type(a.output_fields) == 'table' and a.output_fields[ARGV[4]]
+      local summary = type(opener) == 'string' and opener ~= ''
+      local uuid = summary and opener or a.uuid
+      if type(uuid) == 'string' then
+        record(ARGV[2], uuid, cjson.encode({o = ARGV[3], s = 'redriven', t = ARGV[1], n = 0,
+          r = '', m = summary and 1 or 0}))
+      end
+    end
     redis.call('HDEL', KEYS[3], id)
     redis.call('ZREM', KEYS[2], id)
     n = n + 1

@@ -30,20 +30,20 @@ from sidekick.aggregation import Aggregation
 from sidekick.alert import Alert
 from sidekick.store import sqlite_aggregate as windows
 from sidekick.store import sqlite_schema as sql
+from sidekick.store import sqlite_triage as records_sql
 from sidekick.store.base import (
+    AGGREGATED,
     DeadLetter,
     Delivery,
-    EventPage,
-    EventQuery,
     Ingested,
     QueueStats,
-    Stats,
     Store,
-    decode_cursor,
-    encode_cursor,
+    log_uuid,
     search_text,
 )
 from sidekick.store.sqlite_checkpoint import Checkpointer, CheckpointStats
+from sidekick.store.sqlite_reader import Reader
+from sidekick.store.sqlite_reads import SqliteReads
 
 T = TypeVar("T")
 
@@ -51,6 +51,13 @@ log = logging.getLogger("lanner.store")
 
 _PRUNE_EVERY_NS = 30 * 10**9
 _RETENTION_CHUNK = 250  # events deleted per transaction (~4 ms); accepts go in between
+
+def _record(delivery: Delivery, at_ns: int, state: str, attempts: int = 0,
+            next_ns: int | None = None, reason: str = "", dead_id: str = "") -> tuple[Any, ...]:
+    uuid = log_uuid(delivery.alert)
+    return records_sql.record_row(uuid, delivery.output, at_ns, state, attempts, next_ns, reason,
+                                  dead_id, summary=uuid != delivery.alert.uuid)
+
 
 @dataclass(slots=True)
 class _Job:
@@ -60,13 +67,13 @@ class _Job:
     future: asyncio.Future[Ingested]
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteReads, Store):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._pool: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used on the worker thread only
-        self._reader_pool: ThreadPoolExecutor | None = None
-        self._reader: sqlite3.Connection | None = None  # used on the reader thread only
+        self._reader = Reader(self.path, "sqlite-read")
+        self._counter = Reader(self.path, "sqlite-count")
         self._checkpointer: Checkpointer | None = None
         # Held by each write transaction, and by the checkpointer while it makes the WAL start
         # over: the writer then waits on a lock (woken at once) rather than polling SQLite's
@@ -87,12 +94,12 @@ class SqliteStore(Store):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(connection, *args)`` on the reader thread."""
-        if self._reader_pool is None or self._reader is None:
-            raise RuntimeError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader_pool, fn, self._reader, *args
-        )
+        """``fn(connection, *args)`` on the reader thread of pages and single records."""
+        return await self._reader.run(fn, *args)
+
+    async def _count(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on the reader thread of counts."""
+        return await self._counter.run(fn, *args)
 
     @contextlib.contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
@@ -126,22 +133,15 @@ class SqliteStore(Store):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
-        loop = asyncio.get_running_loop()
         try:
             await self._run(self._open_sync)
-            self._reader = await loop.run_in_executor(self._reader_pool, self._open_reader)
+            await self._reader.open()
+            await self._counter.open()
             self._checkpointer = Checkpointer(self.path, self._gate)
             await self._checkpointer.start()
         except BaseException:
             await self.close()
             raise
-
-    def _open_reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in sql.READER_PRAGMAS:
-            conn.execute(pragma)
-        return conn
 
     def _open_sync(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -150,6 +150,7 @@ class SqliteStore(Store):
                 conn.execute(pragma)
             conn.executescript(sql.SCHEMA)
             conn.executescript(windows.SCHEMA)
+            conn.executescript(records_sql.SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
             if "leased_until" not in columns:  # a database from before leased_until
                 conn.execute("ALTER TABLE deliveries ADD COLUMN leased_until INTEGER")
@@ -199,12 +200,8 @@ class SqliteStore(Store):
             # no writer any more: the checkpointer empties the WAL as it closes
             await self._checkpointer.stop()
             self._checkpointer = None
-        if self._reader_pool is not None:
-            self._reader_pool.shutdown(wait=True)  # queries in flight finish first
-            self._reader_pool = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._reader.close()
+        self._counter.close()
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -267,6 +264,7 @@ class SqliteStore(Store):
             groups.setdefault(job.window_ns, []).extend((j, i) for i in range(len(job.batch)))
         tags: list[tuple[str, int, str]] = []
         deliveries: list[tuple[str, bytes, int, int]] = []
+        records: list[tuple[Any, ...]] = []
         outputs: set[str] = set()
         with self._txn() as conn:
             self._remember_window(conn, max(groups))
@@ -294,14 +292,21 @@ class SqliteStore(Store):
                     fresh.discard(alert.uuid)  # the statement stored the first copy only
                     results[j].fresh[i] = True
                     tags.extend((tag, alert.time_ns, alert.uuid) for tag in alert.tags)
-                    for name in windows.due_now(conn, jobs[j].batch[i][1], jobs[j].aggregations,
-                                                alert, blob, now, results[j].aggregated):
+                    routed = jobs[j].batch[i][1]
+                    due = windows.due_now(conn, routed, jobs[j].aggregations, alert, blob, now,
+                                          results[j].aggregated)
+                    for name in due:
                         deliveries.append((name, blob, now, now))
                         outputs.add(name)
+                    records.extend(
+                        records_sql.record_row(alert.uuid, name, now, "aggregated",
+                                               reason=AGGREGATED)
+                        for name in dict.fromkeys(routed) if name not in due)
             for chunk in sql.sized(tags):
                 conn.execute(sql.insert_tags_sql(len(chunk)), sql.flat(chunk))
             for chunk in sql.sized(deliveries):
                 conn.execute(sql.insert_deliveries_sql(len(chunk)), sql.flat(chunk))
+            records_sql.record(conn, records)
             if now >= self._next_prune_ns:
                 conn.execute("DELETE FROM dedup_tomb WHERE accepted_ns < ?",
                              (now - self._max_window_ns,))
@@ -387,12 +392,15 @@ class SqliteStore(Store):
     async def complete(self, deliveries: list[Delivery]) -> None:
         ids = [int(d.id) for d in deliveries]
         if ids:
-            await self._run(self._complete_sync, ids)
+            now = time.time_ns()
+            records = [_record(d, now, "delivered", d.attempts + 1) for d in deliveries]
+            await self._run(self._complete_sync, ids, records)
 
-    def _complete_sync(self, ids: list[int]) -> None:
+    def _complete_sync(self, ids: list[int], records: list[tuple[Any, ...]]) -> None:
         with self._txn() as conn:
             for chunk in sql.chunks(ids, sql.IN_CHUNK):
                 conn.execute(f"DELETE FROM deliveries WHERE id IN ({sql.marks(len(chunk))})", chunk)
+            records_sql.record(conn, records)
 
     async def retry(self, delivery: Delivery, due_ns: int, error: str) -> None:
         def run() -> None:
@@ -402,6 +410,8 @@ class SqliteStore(Store):
                     "leased_until = NULL WHERE id = ?",
                     (due_ns, error, int(delivery.id)),
                 )
+                records_sql.record(conn, [_record(delivery, time.time_ns(), "retrying",
+                                                  delivery.attempts + 1, due_ns, error)])
 
         await self._run(run)
         self._wake(delivery.output)  # waiters re-read the next due time
@@ -409,14 +419,19 @@ class SqliteStore(Store):
     async def bury(self, delivery: Delivery, reason: str) -> None:
         # The attempt that led to burial counts, as retry() counts the one that failed.
         def run() -> None:
+            now = time.time_ns()
             with self._txn() as conn:
-                conn.execute(
+                dead = conn.execute(
                     "INSERT INTO dead_letters (output, alert, attempts, accepted_ns, dead_ns, "
                     "reason) SELECT output, alert, attempts + 1, accepted_ns, ?, ? "
                     "FROM deliveries WHERE id = ?",
-                    (time.time_ns(), reason, int(delivery.id)),
+                    (now, reason, int(delivery.id)),
                 )
                 conn.execute("DELETE FROM deliveries WHERE id = ?", (int(delivery.id),))
+                if dead.rowcount:
+                    records_sql.record(conn, [_record(
+                        delivery, now, "dead", delivery.attempts + 1, reason=reason,
+                        dead_id=str(dead.lastrowid))])
 
         await self._run(run)
 
@@ -455,6 +470,9 @@ class SqliteStore(Store):
                 # accepted_ns restarts: a redriven alert gets a full retry age, not an instant
                 # re-burial for being old; attempts restart for the same reason.
                 conn.executemany(sql.INSERT_DELIVERY, [(o, a, now, now) for _, o, a in rows])
+                records_sql.record(conn, [
+                    _record(Delivery(str(i), o, Alert.from_json(a), 0, now), now, "redriven")
+                    for i, o, a in rows])
                 for chunk in sql.chunks([r[0] for r in rows], sql.IN_CHUNK):
                     conn.execute(f"DELETE FROM dead_letters WHERE id IN ({sql.marks(len(chunk))})",
                                  chunk)
@@ -482,49 +500,6 @@ class SqliteStore(Store):
 
     # --- recent events ----------------------------------------------------------------------
 
-    async def get_event(self, uuid: str) -> Alert | None:
-        def run(conn: sqlite3.Connection) -> Alert | None:
-            row = conn.execute("SELECT json FROM events WHERE uuid = ?", (uuid,)).fetchone()
-            return Alert.from_json(row[0]) if row else None
-
-        return await self._read(run)
-
-    async def events(self, query: EventQuery) -> EventPage:
-        if query.limit < 1:
-            raise ValueError("limit must be at least 1")
-        cursor = decode_cursor(query.cursor) if query.cursor else None
-        return await self._read(self._events_sync, query, cursor)
-
-    @staticmethod
-    def _events_sync(
-        conn: sqlite3.Connection, q: EventQuery, cursor: tuple[int, str] | None
-    ) -> EventPage:
-        found: dict[str, tuple[int, str, bytes]] = {}
-        for text, params in sql.page_queries(q, cursor, q.limit + 1):
-            for row in conn.execute(text, params):
-                found[row[1]] = row  # several tag queries may find one event
-        rows = sorted(found.values(), key=lambda r: (r[0], r[1]), reverse=True)
-        page = rows[: q.limit]
-        more = len(rows) > q.limit
-        return EventPage(
-            events=[Alert.from_json(r[2]) for r in page],
-            next_cursor=encode_cursor(page[-1][0], page[-1][1]) if more else None,
-        )
-
-    async def stats(self, query: EventQuery, bucket_s: int) -> Stats:
-        if bucket_s <= 0:
-            raise ValueError("bucket_s must be positive")
-        bucket_ns = int(bucket_s * 10**9)
-        if query.since_ns is not None and query.until_ns is not None:
-            sql.bucket_range(query.since_ns, query.until_ns - 1, bucket_ns)  # fail early
-        return await self._read(self._stats_sync, query, bucket_ns)
-
-    @staticmethod
-    def _stats_sync(conn: sqlite3.Connection, q: EventQuery, bucket_ns: int) -> Stats:
-        if q.rules or q.sources or q.hostnames or q.tags or q.text or q.min_priority is not None:
-            return sql.stats_filtered(conn, q, bucket_ns)
-        return sql.stats_time_only(conn, q, bucket_ns)
-
     async def enforce_retention(self, max_age_s: float, max_count: int) -> int:
         cutoff = time.time_ns() - int(max_age_s * 1e9)
         # event times are never negative; a cutoff below 0 (a huge max age) deletes nothing
@@ -532,7 +507,7 @@ class SqliteStore(Store):
         # A read that walks max_count index entries: on the reader, not holding up the writer.
         # An event accepted after its snapshot and older than the boundary still has max_count
         # newer ones, so deleting it is right (as when accepts land between delete chunks).
-        boundary = await self._read(
+        boundary = await self._count(
             lambda conn: conn.execute(
                 "SELECT time_ns, uuid FROM events ORDER BY time_ns DESC, uuid DESC "
                 "LIMIT 1 OFFSET ?", (max(0, max_count),)

@@ -16,13 +16,15 @@ from typing import Any, TypeVar
 import orjson
 
 from sidekick.alert import Priority
-from sidekick.store.base import EventQuery, Stats
+from sidekick.store.base import TRIAGE_STATES, EventQuery, Stats
 
 T = TypeVar("T")
 
 SIZES = (256, 64, 16, 4, 1)  # rows per multi-row INSERT; 256 * 10 columns < 32766 variables
 IN_CHUNK = 500  # ids per IN (...) list
 MAX_BUCKETS = 1000
+# A range holding less than 1/_SHORT_RANGE of the stored time span counts from the time index.
+_SHORT_RANGE = 4
 
 # WAL + synchronous=NORMAL: a commit is in the OS page cache before accept() returns, so it
 # survives kill -9 of the process (not a power cut), without an fsync per group commit.
@@ -257,6 +259,14 @@ def where(
     if q.text:
         clauses.append("instr(e.search, ?) > 0")
         params.append(q.text.lower())
+    for name, values in q.fields.items():
+        clauses.append(f"({_FIELD_TEXT}) IN ({marks(len(values))})")
+        params += [json_path(name)] * 3 + list(values)
+    if q.triage:
+        clause, args = _triage_clause(q.triage)
+        if clause:
+            clauses.append(clause)
+            params += args
     if q.since_ns is not None:
         clauses.append(f"{time_alias}.time_ns >= ?")
         params.append(q.since_ns)
@@ -267,6 +277,32 @@ def where(
         clauses.append(f"({time_alias}.time_ns, {time_alias}.uuid) < (?, ?)")
         params += list(cursor)
     return " AND ".join(clauses), params
+
+
+# An output field's value as base.field_text writes it (JSON null: NULL, which matches nothing).
+_FIELD_TEXT = (
+    "CASE json_type(CAST(e.json AS TEXT), ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+    "WHEN 'array' THEN json_extract(CAST(e.json AS TEXT), ?) "
+    "ELSE CAST(json_extract(CAST(e.json AS TEXT), ?) AS TEXT) END"
+)
+
+
+def json_path(name: str) -> str:
+    """The JSON path of an output field; names are checked by the API (no double quote)."""
+    return f'$.output_fields."{name}"'
+
+
+def _triage_clause(states: list[str]) -> tuple[str, list[Any]]:
+    """Events without a triage row are "new"."""
+    chosen = set(states)
+    if "new" in chosen:
+        others = [s for s in TRIAGE_STATES if s not in chosen]
+        if not others:
+            return "", []
+        return f"e.uuid NOT IN (SELECT uuid FROM triage WHERE status IN ({marks(len(others))}))", \
+            others
+    wanted = [s for s in TRIAGE_STATES if s in chosen]
+    return f"e.uuid IN (SELECT uuid FROM triage WHERE status IN ({marks(len(wanted))}))", wanted
 
 
 def page_queries(
@@ -285,6 +321,12 @@ def page_queries(
         text = (select + "event_tags t CROSS JOIN events e ON e.uuid = t.uuid "
                 f"WHERE t.tag = ? AND {body} ORDER BY t.time_ns DESC, t.uuid DESC LIMIT ?")
         return [(text, [tag, *params, limit]) for tag in dict.fromkeys(q.tags)]
+    if q.triage and "new" not in q.triage:
+        # Triaged events are few: walk the triage index in time order, one status at a time.
+        body, params = where(replace(q, triage=[]), cursor, time_alias="t")
+        text = (select + "triage t CROSS JOIN events e ON e.uuid = t.uuid "
+                f"WHERE t.status = ? AND {body} ORDER BY t.time_ns DESC, t.uuid DESC LIMIT ?")
+        return [(text, [status, *params, limit]) for status in dict.fromkeys(q.triage)]
     lists = [(name, values) for name, values in
              (("rules", q.rules), ("hostnames", q.hostnames), ("sources", q.sources)) if values]
     arms: list[tuple[EventQuery, str, list[Any]]]
@@ -306,16 +348,23 @@ def page_queries(
 
 
 def stats_time_only(conn: sqlite3.Connection, q: EventQuery, bucket_ns: int) -> Stats:
-    """Stats for a query with a time range at most: every count from one index, in its order."""
+    """Stats for a query with a time range at most. Over most of the stored events, each count
+    walks the index of its column, in its order (no temporary b-tree); over a short range,
+    walking those whole indexes would cost what the store holds, so the counts come from one
+    walk of the range of the time index instead, which covers every column counted."""
     body, params = where(q)
+    # two queries: SQLite answers a lone min() or max() from the index end, not both together
+    low, high = (conn.execute(f"SELECT {f}(e.time_ns) FROM events e WHERE {body}",
+                              params).fetchone()[0] for f in ("min", "max"))
+    stored_low, stored_high = (conn.execute(f"SELECT {f}(time_ns) FROM events").fetchone()[0]
+                               for f in ("min", "max"))
+    short = (low is not None and stored_low is not None
+             and (high - low) * _SHORT_RANGE < stored_high - stored_low)
 
     def group(column: str, index: str) -> dict[Any, int]:
         return dict(conn.execute(f"SELECT e.{column}, count(*) FROM events e INDEXED BY {index} "
                                  f"WHERE {body} GROUP BY 1", params).fetchall())
 
-    # two queries: SQLite answers a lone min() or max() from the index end, not both together
-    low, high = (conn.execute(f"SELECT {f}(e.time_ns) FROM events e WHERE {body}",
-                              params).fetchone()[0] for f in ("min", "max"))
     first = q.since_ns if q.since_ns is not None else low
     last = q.until_ns - 1 if q.until_ns is not None else high
     buckets = []
@@ -327,6 +376,18 @@ def stats_time_only(conn: sqlite3.Connection, q: EventQuery, bucket_ns: int) -> 
             (n,) = conn.execute("SELECT count(*) FROM events INDEXED BY events_time "
                                 "WHERE time_ns BETWEEN ? AND ?", (lo, hi)).fetchone()
             buckets.append((start + i * bucket_ns, n))
+    if short:
+        # One pass over the range; the combinations are few (tags and sources come with rules).
+        combos = conn.execute(
+            "SELECT e.priority, e.rule, e.source, e.hostname, e.tags, count(*) "
+            f"FROM events e INDEXED BY events_time WHERE {body} GROUP BY 1, 2, 3, 4, 5", params)
+        counts: list[Counter[Any]] = [Counter() for _ in range(5)]
+        for *values, n in combos:
+            for counter, value in zip(counts[:4], values, strict=False):
+                counter[value] += n
+            for tag in orjson.loads(values[4]):
+                counts[4][tag] += n
+        return _stats(*(dict(c) for c in counts), buckets)
     tag_body, tag_params = where(q, time_alias="t")
     by_tag = dict(conn.execute(
         f"SELECT t.tag, count(*) FROM event_tags t WHERE {tag_body} GROUP BY 1", tag_params
