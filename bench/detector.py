@@ -189,9 +189,10 @@ static __always_inline int read_path(int slot)
     return 0;
 }
 """
-# The path argument's register (x86_64 pt_regs word index: di 14, si 13).
-PATH_REGISTER = {"syscalls:sys_exit_open": 14, "syscalls:sys_exit_openat": 13,
-                 "syscalls:sys_exit_openat2": 13}
+# The register holding each open's path argument: the first for open, the second for the *at
+# forms (x86_64 calling convention); its pt_regs index comes from BTF, as the detector's does.
+PATH_REGISTER = {"syscalls:sys_exit_open": "REG_DI", "syscalls:sys_exit_openat": "REG_SI",
+                 "syscalls:sys_exit_openat2": "REG_SI"}
 
 
 @contextlib.contextmanager
@@ -200,9 +201,14 @@ def do_nothing(tracepoints: list[str], read_paths: bool = False) -> Iterator[Non
     ``read_paths``, the open exits read the opened path first (PATH_READER)."""
     from bcc import BPF
 
+    from detector.sources.ebpf.btf import Btf
+    from detector.sources.ebpf.source import kernel_offsets
+
+    offsets = kernel_offsets(Btf()) if read_paths else {}
+
     def body(tp: str) -> str:
-        slot = PATH_REGISTER.get(tp) if read_paths else None
-        return "return 0;" if slot is None else f"return read_path({slot});"
+        register = PATH_REGISTER.get(tp) if read_paths else None
+        return "return 0;" if register is None else f"return read_path({offsets[register]});"
 
     text = (PATH_READER if read_paths else "") + "".join(
         f"TRACEPOINT_PROBE({tp.replace(':', ', ')}) {{ {body(tp)} }}\n" for tp in tracepoints)
