@@ -9,7 +9,6 @@ ABSENT.
 from __future__ import annotations
 
 import calendar
-import json
 import re
 from functools import lru_cache
 from typing import Any
@@ -23,6 +22,11 @@ ABSENT: Any = object()  # a key the JSON does not have (JSON null is None, a val
 _MAX_ARRAY_DEPTH = 16
 
 
+# What a value nested deeper than orjson writes reads as: only a crafted event nests so deep,
+# and the same text on every run beats JSON that depends on Python's recursion limit.
+TOO_DEEP = "[nested too deeply]"
+
+
 def text(value: Any) -> str:
     """A JSON value as the plugins give it: a string as is, anything else as compact JSON."""
     if value.__class__ is str:
@@ -30,17 +34,7 @@ def text(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
-        return dumps_deep(value, None)
-
-
-def dumps_deep(value: Any, indent: int | None) -> str:
-    """JSON text of a value nested too deeply for orjson (the JSON parser takes 1024 levels;
-    only a crafted event nests so deep)."""
-    separators = (",", ": ") if indent else (",", ":")
-    try:
-        return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
-    except RecursionError:
-        return "[nested too deeply]"
+        return TOO_DEEP
 
 
 def child(value: Any, key: str) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from detector.engine.auditjson import ABSENT, at, dumps_deep, pointer_keys, rfc3339_ns, text
+from detector.engine.auditjson import ABSENT, TOO_DEEP, at, pointer_keys, rfc3339_ns, text
 from detector.engine.fielddefs_common import Event
 from detector.engine.fielddefs_k8saudit import EVENT_KEY, SOURCE
 from detector.engine.fields import Extractor, FieldArgError, FieldClass, FieldSpec, FieldType
@@ -45,7 +45,7 @@ def _whole(event: Event) -> Any:
     try:
         return orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode()
     except orjson.JSONEncodeError:
-        return dumps_deep(obj, 2)
+        return TOO_DEEP
 
 
 def _rawtime(event: Event) -> Any:
