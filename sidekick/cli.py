@@ -163,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return rules_main(argv[1:])
     if argv[:1] == ["detect"]:
-        from detector.cli import detect_main
+        from detector.cli_detect import detect_main
 
         return detect_main(argv[1:])
     if argv[:1] == ["detector"]:
-        from detector.cli import detector_main
+        from detector.cli_detect import detector_main
 
         return detector_main(argv[1:])
     if argv[:1] == ["run"]:

@@ -247,20 +247,20 @@ def test_validator_rejects_unknown_fields(tmp_path: Path) -> None:
 
 
 def _detect_args(manifests: Manifests) -> argparse.Namespace:
-    from detector.cli import _detect_parser
+    from detector.cli_detect import detect_parser
 
     c = container(manifests.detector, "detector")
     assert c["command"] == ["lanner"] and c["args"][0] == "detect"
-    return _detect_parser().parse_args(c["args"][1:])
+    return detect_parser().parse_args(c["args"][1:])
 
 
 def _audit_args(manifests: Manifests) -> argparse.Namespace:
     """The audit webhook's arguments, parsed by the real `lanner detect` parser."""
-    from detector.cli import _detect_parser
+    from detector.cli_detect import detect_parser
 
     c = container(manifests.audit, "k8saudit")
     assert c["command"] == ["lanner"] and c["args"][0] == "detect"
-    return _detect_parser().parse_args(c["args"][1:])
+    return detect_parser().parse_args(c["args"][1:])
 
 
 def test_detector_least_privilege(helm: Helm) -> None:
@@ -1433,8 +1433,8 @@ sys.meta_path.insert(0, OnlyTheImage())
 import detector, sidekick.cli
 for module in pkgutil.walk_packages(detector.__path__, "detector."):
     importlib.import_module(module.name)
-from detector.cli import _detect_parser
-_detect_parser().parse_args([])
+from detector.cli_detect import detect_parser
+detect_parser().parse_args([])
 print("ok")
 """
 
