@@ -45,7 +45,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.hub import cpu_seconds, stop  # noqa: E402
+from bench.hub import cpu_seconds, serve_http, stop  # noqa: E402
 from detector.publish_buffer import DROPPED_RULE  # noqa: E402
 from sidekick.alert import parse_time_ns  # noqa: E402
 from tests.hubproc import HubProcess  # noqa: E402
@@ -66,40 +66,23 @@ def serve_sink(port: int) -> None:
     """POST: one alert (the webhook's body); noted as (sequence number from its key's path,
     uuid, ns from its event time to now). GET /take?from=K: the notes from the K-th on, and
     the "alerts dropped" reports."""
-    import uvicorn
-
     notes: list[tuple[int, str, int]] = []
     reports: list[Any] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+    def handle(path: str, query: bytes, body: bytes) -> bytes:
         arrived = time.time_ns()
-        reply = b"{}"
-        if scope["path"] == "/take":
-            start = int(scope["query_string"].decode().partition("=")[2] or 0)
-            reply = orjson.dumps({"notes": notes[start:], "reports": reports})
+        if path == "/take":
+            start = int(query.decode().partition("=")[2] or 0)
+            return orjson.dumps({"notes": notes[start:], "reports": reports})
+        alert = orjson.loads(body)
+        if alert["rule"] == DROPPED_RULE:
+            reports.append(alert["output_fields"])
         else:
-            alert = orjson.loads(body)
-            if alert["rule"] == DROPPED_RULE:
-                reports.append(alert["output_fields"])
-            else:
-                seq = int(KEY.search(alert["output_fields"]["fd.name"].encode())[1])
-                notes.append((seq, alert["uuid"], arrived - parse_time_ns(alert["time"])))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(reply)).encode())]})
-        await send({"type": "http.response.body", "body": reply})
+            seq = int(KEY.search(alert["output_fields"]["fd.name"].encode())[1])
+            notes.append((seq, alert["uuid"], arrived - parse_time_ns(alert["time"])))
+        return b"{}"
 
-    uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-        lifespan="off", access_log=False, log_level="warning", backlog=2048,
-    )).run()
+    serve_http(port, handle)
 
 
 # -- the bench process --------------------------------------------------------------------------

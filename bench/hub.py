@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,10 @@ _REPLY = b'{"uuid":"00000000-0000-4000-8000-000000000000","duplicate":false}'
 _SENT = re.compile(rb'"' + re.escape(SENT_FIELD.encode()) + rb'":([0-9.eE+-]+)')
 
 
-def serve_sink(port: int) -> None:
-    """Bare ASGI on uvicorn as the hub serves (uvloop, httptools, no access log): POST / reads
-    the body, counts it (and its latency if it carries SENT_FIELD), answers 200. GET /stats
-    and POST /reset are for the bench."""
+def serve_http(port: int, handle: Callable[[str, bytes, bytes], bytes]) -> None:
+    """Bare ASGI on uvicorn as the hub serves (uvloop, httptools, no access log): every request
+    is answered 200 with ``handle(path, query, body)``, a JSON body."""
     import uvicorn
-
-    state: dict[str, Any] = {"count": 0, "latencies": []}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -70,15 +68,7 @@ def serve_sink(port: int) -> None:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        reply = _REPLY
-        if scope["path"] == "/stats":
-            reply = orjson.dumps(state)
-        elif scope["path"] == "/reset":
-            state.update(count=0, latencies=[])
-        else:
-            state["count"] += 1
-            if sent := _SENT.search(body):
-                state["latencies"].append(time.time() - float(sent.group(1)))
+        reply = handle(scope["path"], scope["query_string"], body)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(reply)).encode())]})
@@ -88,6 +78,25 @@ def serve_sink(port: int) -> None:
         app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
         lifespan="off", access_log=False, log_level="warning", backlog=2048,
     )).run()
+
+
+def serve_sink(port: int) -> None:
+    """POST / counts the body (and its latency if it carries SENT_FIELD). GET /stats and
+    POST /reset are for the bench."""
+    state: dict[str, Any] = {"count": 0, "latencies": []}
+
+    def handle(path: str, _query: bytes, body: bytes) -> bytes:
+        if path == "/stats":
+            return orjson.dumps(state)
+        if path == "/reset":
+            state.update(count=0, latencies=[])
+        else:
+            state["count"] += 1
+            if sent := _SENT.search(body):
+                state["latencies"].append(time.time() - float(sent.group(1)))
+        return _REPLY
+
+    serve_http(port, handle)
 
 
 # -- child process: the gRPC publisher ------------------------------------------------------
