@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import free_port, require_binary, wait_port
+from tests.support import free_port, require_binary, stop_process, wait_port
 
 # Everything goes to a receiver with no integrations: alerts are stored, nothing is notified.
 CONFIG = """\
@@ -70,10 +70,4 @@ class AlertmanagerServer:
         return alerts
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)

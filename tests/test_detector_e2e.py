@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -39,7 +38,7 @@ from detector.state.tracker import Tracker
 from sidekick.alert import Alert
 from tests.ebpf_support import prepared_node
 from tests.podman_support import Podman
-from tests.support import require_binary
+from tests.support import require_binary, stop_process
 from tests.upstream import upstream_file
 
 MARK = f"lm{uuid.uuid4().hex[:6]}"  # short: it goes into 15-character process names
@@ -106,13 +105,7 @@ class Running:
             time.sleep(0.05)
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         return self.stderr()
 
 

@@ -26,6 +26,7 @@ from tests.aws import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
 from tests.ebpf_support import prepared_node
 from tests.hubproc import HubProcess
 from tests.receiver import Receiver
+from tests.support import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RULES = REPO / "rules" / "lanner_rules.yaml"
@@ -54,13 +55,7 @@ class Detector:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
 
 
 def arrived_wall_time(receiver: Receiver, request_at: float) -> float:
