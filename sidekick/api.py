@@ -132,7 +132,8 @@ def create_app(hub: Hub, access: Access) -> HubApp:
     @app.get("/healthz")
     async def healthz() -> Response:
         try:
-            await asyncio.wait_for(hub.store.ping(), _HEALTH_TIMEOUT_S)
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+                await hub.store.ping()
         except Exception as exc:  # a store that hangs is as unready as one that fails
             return JSONBytes(
                 {"status": "unavailable", "store": type(exc).__name__}, status_code=503

@@ -21,6 +21,7 @@ from sidekick.alert import now_ns
 from sidekick.config import DeliveryConfig
 from sidekick.metrics import Metrics
 from sidekick.store.base import Delivery, Store
+from sidekick.tasks import cancel_and_wait
 
 log = logging.getLogger("lanner.delivery")
 
@@ -74,16 +75,15 @@ class OutputWorkers:
         if not self._tasks:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=drain_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(*pending)
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             if (held := self._held_until - time.monotonic()) > 0:
                 # Waits on the stop event, so a held output still stops at once.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), min(held, _POLL_S))
+                    async with asyncio.timeout(min(held, _POLL_S)):
+                        await self._stopping.wait()
                 continue
             try:
                 batch = await self.store.lease(
@@ -114,10 +114,8 @@ class OutputWorkers:
 
     async def _deliver(self, batch: list[Delivery]) -> None:
         try:
-            await asyncio.wait_for(
-                self.output.send([d.alert for d in batch]),
-                self.config.timeout * len(batch) + 5.0,
-            )
+            async with asyncio.timeout(self.config.timeout * len(batch) + 5.0):
+                await self.output.send([d.alert for d in batch])
         except (RetryableError, TimeoutError) as exc:
             retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
             if retry_after is not None:

@@ -21,6 +21,7 @@ from sidekick.metrics import Metrics
 from sidekick.routing import enrich, route
 from sidekick.store import make_store
 from sidekick.store.base import Store
+from sidekick.tasks import cancel_and_wait
 
 log = logging.getLogger("lanner.hub")
 
@@ -95,10 +96,8 @@ class Hub:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await asyncio.gather(*(w.stop(self.config.delivery.drain) for w in self._workers))
-        for task in (self._retention, self._flusher, self._relay):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(
+            *(t for t in (self._retention, self._flusher, self._relay) if t is not None))
         for output in self.outputs.values():
             await output.close()
         await self.store.close()

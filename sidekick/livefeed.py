@@ -55,7 +55,8 @@ async def sse(hub: Hub, query: EventQuery) -> AsyncIterator[bytes]:
         dropped = 0
         while True:
             try:
-                batch = await asyncio.wait_for(feed.next_batch(BATCH), KEEPALIVE_S)
+                async with asyncio.timeout(KEEPALIVE_S):
+                    batch = await feed.next_batch(BATCH)
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue

@@ -356,7 +356,8 @@ class SqliteStore(SqliteReads, Store):
             if next_due_ns is not None:  # a retry or an expiring lease becomes due
                 timeout = min(timeout, max(0.0, (next_due_ns - time.time_ns()) / 1e9))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await wake.wait()
 
     def _lease_sync(
         self, output: str, limit: int, lease_ns: int
