@@ -194,6 +194,18 @@ def test_filters_search_time_range_and_shared_urls(
                  until=format_time_ns(until)[:19] + "Z", limit=1000)["events"]
     assert window  # corpus events one a second from now - 120 s
     expect(rows).to_have_count(len(window))
+    # Whole minutes: the browser gives "12:05" for 12:05:00, which must still be a valid time.
+    minute = 60 * 10**9
+    since = (now - 150 * 10**9) // minute * minute  # before the corpus
+    until = since + 2 * minute  # after it, and in the past
+    page.fill("input[name=since]", format_time_ns(since)[:19])
+    page.fill("input[name=until]", format_time_ns(until)[:19])
+    page.click("#filters button[type=submit]")
+    expect(page).to_have_url(re.compile(r"since=\d{4}-\d\d-\d\dT\d\d%3A\d\d%3A00Z&"))
+    window = api(hub, "/api/v1/events", since=format_time_ns(since)[:19] + "Z",
+                 until=format_time_ns(until)[:19] + "Z", limit=1000)["events"]
+    assert len(window) >= 30  # the whole corpus
+    expect(rows).to_have_count(len(window))
     page.click("#clear-filters")
     expect(page.locator("#live")).to_have_text("live")
 

@@ -94,6 +94,12 @@ function toLocalInput(rfc3339) {
   return m ? m[1] : "";
 }
 
+// The inputs are in UTC. A datetime-local value leaves out zero seconds ("12:05" for
+// 12:05:00), which RFC3339 requires.
+function fromLocalInput(value) {
+  return /T\d\d:\d\d$/.test(value) ? `${value}:00Z` : `${value}Z`;
+}
+
 function fromForm() {
   const f = form.elements;
   let fields = withField(state.fields, CONTAINER_FIELD, f.container.value.trim());
@@ -103,8 +109,8 @@ function fromForm() {
     next[key] = f[key].value.trim();
   }
   if (f.range.value === "custom") {
-    next.since = f.since.value ? `${f.since.value}Z` : "all";
-    next.until = f.until.value ? `${f.until.value}Z` : "";
+    next.since = f.since.value ? fromLocalInput(f.since.value) : "all";
+    next.until = f.until.value ? fromLocalInput(f.until.value) : "";
   } else {
     next.since = f.range.value || "all";
     next.until = "";
