@@ -44,9 +44,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.detect import Detector, NoKernelSource
+from detector.detect import Detector
 from detector.engine.engine import Engine
 from detector.sources.k8saudit import AuditWebhook, WebhookConfig, parse_events
+from detector.sources.opener import NoKernelSource
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = ROOT.parent / "shared" / "upstream" / "falco" / "k8s_audit_rules.yaml"

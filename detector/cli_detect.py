@@ -149,8 +149,9 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
     args = detect_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
-    from detector.detect import Detector, SourceError, open_source, serve_metrics
+    from detector.detect import Detector, serve_metrics
     from detector.publish import SinkError, open_sink
+    from detector.sources.opener import SourceError, open_source
     from detector.state import required_event_types
     from detector.state.runtime import DEFAULT_SOCKETS
     from detector.state.tracker import Tracker

@@ -19,16 +19,10 @@ from typing import Any
 import orjson
 import pytest
 
-from detector.detect import (
-    DROP_RULE,
-    Detector,
-    IterSource,
-    RecordQueue,
-    read_records,
-    serve_metrics,
-)
+from detector.detect import DROP_RULE, Detector, RecordQueue, serve_metrics
 from detector.engine.engine import Engine
 from detector.publish import SinkError, StreamSink, falco_json, open_sink
+from detector.sources.opener import IterSource, read_records
 from detector.sources.record import Record
 from sidekick.alert import Alert
 from tests.state_support import Node, record

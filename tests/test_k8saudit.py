@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from detector.detect import Detector, NoKernelSource
+from detector.detect import Detector
 from detector.engine.build import compile_condition
 from detector.engine.engine import Engine
 from detector.engine.errors import RuleError
@@ -31,6 +31,7 @@ from detector.sources.k8saudit import (
     WebhookError,
     parse_events,
 )
+from detector.sources.opener import NoKernelSource
 from tests.certs import make_pki
 from tests.engine_support import HOSTS
 from tests.k8saudit_corpus import Case, audit_event, cases, container, pod, time_ns
