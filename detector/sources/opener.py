@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import orjson
 
 from detector.sources.record import Record
+from detector.sources.replay import content_lines
 
 
 class Source(Protocol):
@@ -55,10 +56,7 @@ def read_records(path: str) -> Iterator[Record]:
     as [family, address, port]); blank and ``#`` lines skipped. Raises ValueError at a bad
     line, naming it."""
     with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text or text.startswith(b"#"):
-                continue
+        for number, text in content_lines(handle):
             try:
                 data = orjson.loads(text)
                 yield Record(**data)

@@ -63,12 +63,16 @@ def read_events(path: str | Path) -> Iterator[Recorded]:
         raise ReplayError(name, 0, f"cannot read: {exc.strerror or exc}") from None
 
 
-def _parse(name: str, lines: Iterable[bytes]) -> Iterator[Recorded]:
-    number = 0
+def content_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, stripped line) of each line of JSON, skipping blank and ``#`` lines."""
     for line_no, raw in enumerate(lines, start=1):
         text = raw.strip()
-        if not text or text.startswith(b"#"):
-            continue
+        if text and not text.startswith(b"#"):
+            yield line_no, text
+
+
+def _parse(name: str, lines: Iterable[bytes]) -> Iterator[Recorded]:
+    for number, (line_no, text) in enumerate(content_lines(lines), start=1):
         try:
             event = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
@@ -76,7 +80,6 @@ def _parse(name: str, lines: Iterable[bytes]) -> Iterator[Recorded]:
         if not isinstance(event, dict):
             kind = type(event).__name__
             raise ReplayError(name, line_no, f"expected a JSON object, got {kind}")
-        number += 1
         event.setdefault("evt.num", number)
         yield Recorded(line_no, number, event, _expectation(name, line_no, event))
 
