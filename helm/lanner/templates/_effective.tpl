@@ -264,6 +264,44 @@ Deterministic: templates include it as often as they need.
 {{- end -}}
 {{- end -}}
 
+{{- /* ---- gRPC TLS between the hub and its clients; the detectors' spill file ---- */ -}}
+{{- $gtls := $hub.grpcTls -}}
+{{- $publishing := and $det.hubOutput $hub.enabled (or $det.enabled $audit.enabled) -}}
+{{- if $hub.enabled -}}
+{{- if and $gtls.enabled (not $gtls.secretName) -}}
+{{- fail "hub.grpcTls.enabled=true needs hub.grpcTls.secretName: a Secret (kubernetes.io/tls: tls.crt and tls.key, with the CA that signed them under ca.crt, as cert-manager writes it) holding the certificate of the hub's gRPC port." -}}
+{{- end -}}
+{{- if and $gtls.clientAuth (not $gtls.enabled) -}}
+{{- fail "hub.grpcTls.clientAuth=true (mutual TLS) needs hub.grpcTls.enabled=true and hub.grpcTls.secretName: client certificates are checked in the TLS handshake." -}}
+{{- end -}}
+{{- if and $det.hubTls.secretName (not $gtls.enabled) -}}
+{{- fail "detector.hubTls.secretName needs hub.grpcTls.enabled=true: the detectors present their certificate in a TLS handshake, and the hub's gRPC port serves no TLS until then." -}}
+{{- end -}}
+{{- if and $gtls.clientAuth $publishing (not $det.hubTls.secretName) -}}
+{{- fail "hub.grpcTls.clientAuth=true: the hub accepts only clients with a certificate, and the detectors (and the audit webhook) have none while detector.hubOutput is true. Set detector.hubTls.secretName (a kubernetes.io/tls Secret signed by the CA under hub.grpcTls.caKey), or turn hub.grpcTls.clientAuth off." -}}
+{{- end -}}
+{{- end -}}
+{{- if and $det.enabled $det.spill.enabled -}}
+{{- $grpcOutputs := ternary 1 0 (and $det.hubOutput $hub.enabled) -}}
+{{- range $det.extraOutputs -}}
+{{- if hasPrefix "grpc://" . }}{{ $grpcOutputs = add1 $grpcOutputs }}{{ end -}}
+{{- end -}}
+{{- if eq (int $grpcOutputs) 0 -}}
+{{- fail "detector.spill.enabled=true: the spill file holds what the detector's gRPC output cannot hand to the hub yet, and the detector has no grpc:// output (detector.hubOutput is false, or the hub is off). Turn detector.spill.enabled off, or publish to the hub." -}}
+{{- end -}}
+{{- if gt (int $grpcOutputs) 1 -}}
+{{- fail (printf "detector.spill.enabled=true with %d grpc:// outputs (the hub and detector.extraOutputs): each would open the same spill file, which takes one publisher, and the detector would stop at start. Keep one grpc:// output, or turn detector.spill.enabled off." (int $grpcOutputs)) -}}
+{{- end -}}
+{{- if not (hasPrefix "/" (toString $det.spill.hostPath)) -}}
+{{- fail (printf "detector.spill.hostPath=%q must be an absolute path on the node, e.g. /var/lib/lanner/spill." (toString $det.spill.hostPath)) -}}
+{{- end -}}
+{{- $update := $det.updateStrategy | default dict -}}
+{{- $surge := toString (dig "rollingUpdate" "maxSurge" 0 $update) -}}
+{{- if and (ne (toString $update.type) "OnDelete") (not (has $surge (list "0" "0%" ""))) -}}
+{{- fail (printf "detector.spill.enabled=true with detector.updateStrategy.rollingUpdate.maxSurge=%s: a new detector pod would start while the old one still holds the node's spill file (one detector at a time), stop, and the rollout would never finish. Use maxSurge: 0 (and maxUnavailable: 1, the default)." $surge) -}}
+{{- end -}}
+{{- end -}}
+
 {{- /* ---- rules ---- */ -}}
 {{- range $name, $text := $custom -}}
 {{- if not (kindIs "string" $text) -}}

@@ -113,8 +113,56 @@ Service: every replica is a target, so a detector fails over at once). */}}
 {{- define "lanner.hub.host" -}}
 {{- printf "%s.%s.svc" (include "lanner.hub.fullname" .) (include "lanner.namespace" .) -}}
 {{- end -}}
+{{- define "lanner.hub.grpcHost" -}}
+{{- printf "%s.%s.svc" (include "lanner.hub.headless" .) (include "lanner.namespace" .) -}}
+{{- end -}}
 {{- define "lanner.hub.grpcTarget" -}}
-{{- printf "%s.%s.svc:%d" (include "lanner.hub.headless" .) (include "lanner.namespace" .) (int .Values.hub.service.grpcPort) -}}
+{{- printf "%s:%d" (include "lanner.hub.grpcHost" .) (int .Values.hub.service.grpcPort) -}}
+{{- end -}}
+
+{{/* gRPC TLS between the hub and its clients (the detectors, the audit webhook), as files in
+/etc/lanner/grpc-tls: tls.crt and tls.key (the hub's, or a client's), ca.crt (the CA under
+hub.grpcTls.caKey). A client verifies the hub with that CA and, for mutual TLS, presents
+detector.hubTls's certificate. Only the keys named are mounted: a client never gets the hub's
+key. The clients' parts take the root context and are used only while they publish to the
+hub (detector.hubOutput) with hub.grpcTls.enabled. */}}
+{{- define "lanner.grpcTls.dir" -}}/etc/lanner/grpc-tls{{- end -}}
+{{- define "lanner.grpcTls.clientArgs" -}}
+- --hub-cacert
+- {{ printf "%s/ca.crt" (include "lanner.grpcTls.dir" .) | quote }}
+{{- if .Values.detector.hubTls.secretName }}
+- --hub-cert
+- {{ printf "%s/tls.crt" (include "lanner.grpcTls.dir" .) | quote }}
+- --hub-key
+- {{ printf "%s/tls.key" (include "lanner.grpcTls.dir" .) | quote }}
+{{- end }}
+{{- end -}}
+{{- define "lanner.grpcTls.mount" -}}
+- name: grpc-tls
+  mountPath: {{ include "lanner.grpcTls.dir" . }}
+  readOnly: true
+{{- end -}}
+{{- define "lanner.grpcTls.clientVolume" -}}
+{{- $hubTls := .Values.hub.grpcTls -}}
+{{- $client := .Values.detector.hubTls -}}
+- name: grpc-tls
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ $hubTls.secretName }}
+          items:
+            - key: {{ $hubTls.caKey }}
+              path: ca.crt
+      {{- if $client.secretName }}
+      - secret:
+          name: {{ $client.secretName }}
+          items:
+            - key: {{ $client.certKey }}
+              path: tls.crt
+            - key: {{ $client.keyKey }}
+              path: tls.key
+      {{- end }}
 {{- end -}}
 
 {{/* Generated secrets: made once per render (memoised on the root context, since several

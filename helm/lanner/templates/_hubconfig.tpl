@@ -115,7 +115,7 @@ gcp.credentials: GCP_CREDENTIALS
 {{- end -}}
 {{- with $cfg.tlsserver -}}
 {{- if eq (toString .deploy) "true" -}}
-{{- fail "sidekick.config.tlsserver.deploy=true: the hub's HTTP port has no TLS of its own here; terminate TLS at the Ingress (ui.ingress.tls). For the detectors' gRPC, see grpc.certfile in docs/configuration.md." -}}
+{{- fail "sidekick.config.tlsserver.deploy=true: the hub's HTTP port has no TLS of its own here; terminate TLS at the Ingress (ui.ingress.tls). For the detectors' gRPC, see hub.grpcTls." -}}
 {{- end -}}
 {{- end -}}
 {{- range $k := list "extraArgs" "templatedfields" "bracketreplacer" "outputFieldFormat" "mutualtlsfilespath" "mutualtlsclient" "tlsclient" "tlsserver" -}}
@@ -143,6 +143,13 @@ gcp.credentials: GCP_CREDENTIALS
 {{- end -}}
 {{- if and (kindIs "map" $cfg.grpc) (hasKey $cfg.grpc "token") -}}
 {{- fail "sidekick.config.grpc.token: the chart generates the detectors' token; give your own with hub.grpcToken.existingSecret (a Secret, not a value)." -}}
+{{- end -}}
+{{- if kindIs "map" $cfg.grpc -}}
+{{- range $k := list "certfile" "keyfile" "cacertfile" -}}
+{{- if hasKey $cfg.grpc $k -}}
+{{- fail (printf "sidekick.config.grpc.%s: the chart sets the hub's gRPC TLS files, and gives the detectors the CA and their certificate to match; use hub.grpcTls (enabled, secretName: a kubernetes.io/tls Secret; clientAuth for mutual TLS) instead." $k) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if and (kindIs "map" $cfg.ui) (hasKey $cfg.ui "token") -}}
 {{- fail "sidekick.config.ui.token: set ui.auth.token or ui.auth.existingSecret instead (the chart puts the token in a Secret)." -}}
@@ -295,6 +302,16 @@ gcp.credentials: GCP_CREDENTIALS
 {{- /* what the chart sets */ -}}
 {{- $eff := include "lanner.eff" . | fromYaml -}}
 {{- $file := dict "listenport" 2801 "grpcport" 5060 "store" $eff.store "datadir" "/var/lib/lanner" -}}
+{{- with $V.hub.grpcTls -}}
+{{- if .enabled -}}
+{{- $dir := include "lanner.grpcTls.dir" $ -}}
+{{- $grpc := dict "certfile" (printf "%s/tls.crt" $dir) "keyfile" (printf "%s/tls.key" $dir) -}}
+{{- if .clientAuth -}}
+{{- $_ := set $grpc "cacertfile" (printf "%s/ca.crt" $dir) -}}
+{{- end -}}
+{{- $_ := set $file "grpc" $grpc -}}
+{{- end -}}
+{{- end -}}
 {{- $publicurl := $V.hub.publicurl | default $cfg.publicurl -}}
 {{- if and (not $publicurl) $V.ui.ingress.enabled $V.ui.ingress.hosts -}}
 {{- $host := (first $V.ui.ingress.hosts).host -}}
