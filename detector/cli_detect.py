@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +80,9 @@ def detect_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", nargs="+", type=Path, metavar="FILE",
                    help=f"rules files, loaded in order (default: {DEFAULT_RULES.name}, and "
                         f"{DEFAULT_AUDIT_RULES.name} with the audit webhook)")
+    p.add_argument("--no-watch-rules", dest="watch_rules", action="store_false",
+                   help="do not reload the rules when their files change (Falco's "
+                        "watch_config_files: false); SIGHUP still reloads them")
     p.add_argument("--output", action="append", metavar="SPEC",
                    help="stdout (default), file:PATH (appended), grpc://HOST:PORT[,HOST:PORT]"
                         " (the hub; token from env LANNER_HUB_TOKEN), or http(s)://HOST:PORT/PATH"
@@ -150,17 +155,24 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
     from detector.detect import Detector, serve_metrics
+    from detector.engine.dnscache import DnsCache
     from detector.publish import SinkError, open_sink
-    from detector.sources.opener import SourceError, open_source
+    from detector.rules_watch import CHECK_EVERY_S, RulesWatcher
+    from detector.sources.opener import SourceError, open_source, restart_reason
     from detector.state import required_event_types
     from detector.state.runtime import DEFAULT_SOCKETS
     from detector.state.tracker import Tracker
 
     audit = cli_k8saudit.wanted(args)
     rules = args.rules or [DEFAULT_RULES, *([DEFAULT_AUDIT_RULES] if audit else [])]
+    hosts = DnsCache()
+
+    def load_rules() -> Engine:
+        return Engine.from_files(rules, rule_matching=args.rule_matching, hosts=hosts,
+                                 min_priority=args.min_priority)[0]
+
     try:
-        engine, _ = Engine.from_files(rules, rule_matching=args.rule_matching,
-                                      min_priority=args.min_priority)
+        engine = load_rules()
     except RuleError as exc:
         err(f"lanner detect: the rules cannot be loaded: {exc}")
         return EXIT_ERROR
@@ -192,8 +204,24 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
     detector = Detector(engine, tracker, source, sinks, queue_records=args.queue_size,
                         live=live, drop_threshold=args.drop_threshold,
                         drop_alert_interval=args.drop_alert_interval)
+    restart = False
+
+    def apply_rules(new: Engine) -> None:
+        nonlocal restart
+        reason = restart_reason(source, required_event_types(new.event_types), new.active)
+        if reason is None:
+            detector.replace_engine(new)
+            err(f"lanner detect: rules reloaded: {len(new.active)} rules run")
+        else:
+            err(f"lanner detect: the changed rules {reason}: restarting to apply them")
+            restart = True
+            detector.stop()
+
+    watcher = RulesWatcher(rules, load_rules, apply_rules,
+                           interval=CHECK_EVERY_S if args.watch_rules else None)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: detector.stop())
+    signal.signal(signal.SIGHUP, lambda *_: watcher.reload())
     status = EXIT_OK
     webhook = None
     try:
@@ -215,6 +243,7 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
         err(f"lanner detect: {exc}")
         metrics, status = detector.metrics, EXIT_FAILED
     finally:
+        watcher.close()
         if webhook is not None:
             webhook.close()
         source.close()
@@ -223,6 +252,11 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
             sink.close()
     counts = metrics.as_dict() | (detector.audit.as_dict() if audit else {})
     err("lanner detect: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if restart and status == EXIT_OK:
+        # The same command again, in this process: the kernel program is built for the new
+        # rules, and a supervisor (systemd, the kubelet, `lanner run`) sees no exit.
+        sys.stderr.flush()
+        os.execv(sys.executable, sys.orig_argv)
     return status
 
 

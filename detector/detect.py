@@ -169,6 +169,8 @@ class Detector:
         self._reader: threading.Thread | None = None
         self._reader_error: BaseException | None = None
         self._submitted = threading.Lock()
+        self._next_engine: Engine | None = None
+        self._engine_swap = threading.Lock()
 
     def submit(self, events: list[Mapping[str, Any]]) -> bool:
         """Queue events of another source for the main thread (any thread may call it).
@@ -186,6 +188,11 @@ class Detector:
         """Whether submit() would find room in the queue now (it may not, a moment later)."""
         return len(self.queue) < min(self.queue.capacity, SUBMIT_BACKLOG)
 
+    def replace_engine(self, engine: Engine) -> None:
+        """Evaluate events with these rules from the next batch on (any thread may call it)."""
+        with self._engine_swap:
+            self._next_engine = engine
+
     def stop(self) -> None:
         """Stop reading; what was read is still processed, then run() returns. (The reader
         closes the queue once it has stopped, so nothing read is dropped for stopping.)"""
@@ -197,6 +204,9 @@ class Detector:
         try:
             while True:
                 batch = self.queue.get(0.2)
+                if self._next_engine is not None:
+                    with self._engine_swap:
+                        self.engine, self._next_engine = self._next_engine, None
                 if batch is not None:
                     self._process(batch)
                 elif self.queue.closed:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from sidekick.alert import Alert
 from sidekick.apiutil import FIELD_NAME, BadRequest, JSONBytes, Reader, Writer, error, split_list
+from sidekick.config import HubConfig
 from sidekick.hub import Hub
 from sidekick.store.base import EventQuery, field_text
 
@@ -175,9 +176,13 @@ class ExceptionRequest(BaseModel):
                               description="the output fields whose values make it benign")
 
 
+def local_rules_path(config: HubConfig) -> Path:
+    return Path(config.ui.rulesfile or Path(config.datadir) / FILE_NAME)
+
+
 def add_exception_routes(app: FastAPI, hub: Hub) -> None:
     config = hub.config
-    local = LocalRules(Path(config.ui.rulesfile or Path(config.datadir) / FILE_NAME))
+    local = LocalRules(local_rules_path(config))
 
     async def build(uuid: str, fields: list[str]) -> tuple[dict[str, Any], int]:
         alert = await hub.store.get_event(uuid)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from detector.detect import DROP_RULE, Detector
@@ -36,9 +35,10 @@ from detector.sources.record import Record
 from detector.state import required_event_types
 from detector.state.tracker import Tracker
 from sidekick.alert import Alert
+from tests.detect_process import DetectProcess
 from tests.ebpf_support import prepared_node
 from tests.podman_support import Podman
-from tests.support import require_binary, stop_process
+from tests.support import require_binary
 from tests.upstream import upstream_file
 
 MARK = f"lm{uuid.uuid4().hex[:6]}"  # short: it goes into 15-character process names
@@ -62,53 +62,6 @@ CANNOT_TRIGGER = {
 # ---- the detector process --------------------------------------------------------------------
 
 
-class Running:
-    """A `lanner detect` process writing Falco JSON lines to a file."""
-
-    def __init__(self, scratch: Path, rules: Path, *extra: str, hosts: Path | None = None,
-                 ready: str = "eBPF source attached") -> None:
-        self.out = scratch / "alerts.json"
-        self.err = scratch / "stderr.txt"
-        command = [sys.executable, "-m", "sidekick.cli", "detect", "--rules", str(rules),
-                   "--output", f"file:{self.out}", *extra]
-        if hosts is not None:
-            # Only this process sees the name, so the node's resolver is left alone.
-            command = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                       'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *command]
-        with open(self.err, "wb") as err:
-            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 120
-        while ready not in self.stderr():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"lanner detect did not get ready: {self.stderr()}")
-            time.sleep(0.1)
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace") if self.err.exists() else ""
-
-    def alerts(self) -> list[dict[str, Any]]:
-        if not self.out.exists():
-            return []
-        return [orjson.loads(line) for line in self.out.read_bytes().splitlines()
-                if line.endswith(b"}")]  # a line being written is skipped until complete
-
-    def wait(self, rule: str, match: Callable[[dict[str, Any]], bool],
-             timeout: float = ALERT_WAIT) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            for alert in self.alerts():
-                if alert["rule"] == rule and match(alert["output_fields"]):
-                    return alert
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.05)
-
-    def stop(self) -> str:
-        stop_process(self.proc, 30)
-        return self.stderr()
-
-
 @dataclass
 class Box:
     id: str
@@ -125,8 +78,8 @@ class Env:
     podman: Podman
     plain: Box
     privileged: Box
-    detector: Running
-    silent: Running  # no rules loaded: must never alert
+    detector: DetectProcess
+    silent: DetectProcess  # no rules loaded: must never alert
     started: float = field(default_factory=time.monotonic)
 
 
@@ -154,9 +107,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         (scratch / "silent").mkdir()
         empty = scratch / "no-rules.yaml"
         empty.write_text("[]\n")
-        detector = Running(scratch / "main", upstream_file("falco_rules.yaml"), *common,
-                           hosts=hosts)
-        silent = Running(scratch / "silent", empty, *common)
+        detector = DetectProcess(scratch / "main", "--rules",
+                                 str(upstream_file("falco_rules.yaml")), *common, hosts=hosts)
+        silent = DetectProcess(scratch / "silent", "--rules", str(empty), *common)
         try:
             # Container metadata (privileged, name) is fetched on first sight, asynchronously:
             # show the detector both containers before a rule depends on it.
@@ -476,7 +429,7 @@ def matches(expect: Expect) -> Callable[[dict[str, Any]], bool]:
 @pytest.mark.parametrize("rule", list(BEHAVIOURS))
 def test_stable_rule_fires_on_the_real_behaviour(env: Env, rule: str) -> None:
     expect = BEHAVIOURS[rule](env)
-    alert = env.detector.wait(rule, matches(expect))
+    alert = env.detector.wait(rule, matches(expect), ALERT_WAIT)
     if alert is None:
         seen = [a["output_fields"] for a in env.detector.alerts() if a["rule"] == rule]
         pytest.fail(f"no {rule!r} alert matching the behaviour within {ALERT_WAIT}s; "
@@ -510,7 +463,7 @@ def test_a_process_gone_within_a_millisecond_is_still_named(env: Env) -> None:
     run(str(parent), "-c", f"{cat} /etc/shadow; exit 0")
     assert time.monotonic() - started < 1.0
     alert = env.detector.wait("Read sensitive file untrusted",
-                              lambda f: f.get("proc.name") == cat.name)
+                              lambda f: f.get("proc.name") == cat.name, ALERT_WAIT)
     assert alert is not None, "the short-lived reader was not caught"
     fields = alert["output_fields"]
     assert fields["proc.pname"] == parent.name
@@ -642,8 +595,9 @@ def test_a_flood_on_a_tiny_ring_is_counted_exactly(env: Env) -> None:
 def test_without_ebpf_it_says_why_and_the_fallback_catches_shred(env: Env) -> None:
     scratch = marker_dir(env, "fallback")
     missing = scratch / "no-headers"
-    fallback = Running(scratch, upstream_file("falco_rules.yaml"), "--headers", str(missing),
-                       "--runtime-socket", env.podman.socket, ready="Fallback event source")
+    fallback = DetectProcess(scratch, "--rules", str(upstream_file("falco_rules.yaml")),
+                             "--headers", str(missing), "--runtime-socket", env.podman.socket,
+                             ready="Fallback event source")
     try:
         told = fallback.stderr()
         assert "eBPF cannot load:" in told and str(missing) in told

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from detector.engine.pathtests import PathTest, open_path_tests
 from detector.sources.record import Record
 from detector.sources.replay import content_lines
 
@@ -101,13 +102,9 @@ def open_source(spec: str, event_types: frozenset[str], *, fallback: bool,
     if spec != "fallback":
         reasons = _ebpf_reasons()
         if not reasons:
-            from detector.engine.pathtests import open_path_tests
             from detector.sources.ebpf.source import DEFAULT_RING_BYTES, EbpfError, EbpfSource
 
-            closes_in_rules = any(
-                rule.enabled and rule.source == "syscall"
-                and (rule.event_types is None or "close" in rule.event_types) for rule in rules)
-            path_tests = open_path_tests(rules)
+            path_tests, closes_in_rules = kernel_filters(rules)
             try:
                 ebpf = EbpfSource(event_types, ring_bytes=ring_bytes or DEFAULT_RING_BYTES,
                                   headers=headers, open_paths=path_tests,
@@ -141,6 +138,28 @@ def open_source(spec: str, event_types: frozenset[str], *, fallback: bool,
                           ) from None
     say(source.describe(rules))
     return source, True
+
+
+def kernel_filters(rules: Sequence[Any]) -> tuple[list[PathTest] | None, bool]:
+    """What the rules let the eBPF program leave out: the path tests an open must pass (None:
+    every open is reported), and whether any rule looks at close events (if none does, only
+    closes of fds the state tracker holds are reported). docs/detector.md explains both."""
+    closes_in_rules = any(
+        rule.enabled and rule.source == "syscall"
+        and (rule.event_types is None or "close" in rule.event_types) for rule in rules)
+    return open_path_tests(rules), closes_in_rules
+
+
+def restart_reason(source: Source, event_types: frozenset[str],
+                   rules: Sequence[Any]) -> str | None:
+    """Why ``source``, opened for other rules, would miss events these rules need (None: it
+    would not). Only the eBPF source can: it traces a fixed set of syscalls and filters in
+    the kernel for the rules it was opened with."""
+    cannot_serve = getattr(source, "cannot_serve", None)
+    if cannot_serve is None:
+        return None
+    path_tests, closes_in_rules = kernel_filters(rules)
+    return cannot_serve(event_types, path_tests, not closes_in_rules)
 
 
 def _ebpf_reasons() -> list[str]:

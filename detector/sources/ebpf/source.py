@@ -204,7 +204,8 @@ class EbpfSource:
         tracefs = setup.tracefs_root()
         if tracefs is None:  # unmounted since diagnose() looked
             raise EbpfError(["tracefs is not mounted: run `lanner detector setup`"])
-        self.plan = plan(event_types, state=state, tracefs=tracefs)
+        self._wanted = frozenset(event_types)
+        self.plan = plan(self._wanted, state=state, tracefs=tracefs)
         try:
             offsets = kernel_offsets(Btf())
         except BtfError as exc:
@@ -220,6 +221,8 @@ class EbpfSource:
             cflags.append("-DFILTER_CLOSE")
         path_tests = pathfilter.render(open_paths)
         self.filters_opens = path_tests is not None
+        self._open_paths = frozenset(open_paths or ()) if self.filters_opens else None
+        self._closes_filtered = closes_for_state_only
         if path_tests is not None:
             cflags.append("-DPATH_FILTER")
         here = Path(__file__).parent
@@ -240,6 +243,20 @@ class EbpfSource:
         self._max_batch = max_batch
         self.idle_sleep = idle_sleep
         self._closed = False
+
+    def cannot_serve(self, event_types: Iterable[str], open_paths: Sequence[PathTest] | None,
+                     closes_for_state_only: bool) -> str | None:
+        """Why this program would miss events of rules that need these (None: it would not),
+        as ``open_source`` would build it for them; such rules need a new program."""
+        more = set(event_types) - self._wanted
+        if more:
+            return f"need syscalls the program does not trace ({', '.join(sorted(more))})"
+        if self._open_paths is not None and (
+                open_paths is None or not set(open_paths) <= self._open_paths):
+            return "need opens that the kernel's path filter drops"
+        if self._closes_filtered and not closes_for_state_only:
+            return "look at closes that the kernel's close filter drops"
+        return None
 
     def attached(self) -> list[str]:
         """The tracepoints this program is attached to, as ``category:event``."""
