@@ -597,6 +597,13 @@ def test_a_program_that_does_not_compile_says_why(node: None) -> None:
     assert "no_such_name" in str(failure.value)
 
 
+def inheritable(fd: int) -> bool:
+    try:
+        return os.get_inheritable(fd)
+    except OSError:  # the fd os.listdir used, closed since
+        return False
+
+
 def test_the_detector_holds_only_fds_and_closing_them_detaches(node: None) -> None:
     before = set(os.listdir("/proc/self/fd"))
     with EbpfSource(["openat"], state=False) as src:
@@ -605,6 +612,8 @@ def test_the_detector_holds_only_fds_and_closing_them_detaches(node: None) -> No
         held = set(os.listdir("/proc/self/fd")) - before
         # the tracepoints' perf events, the two maps, and the ring's two mappings' own fds
         assert len(held) == len(src.attached()) + len(loader.MAPS) + 2
+        # An exec (the detector restarting for new rules) must not keep this program attached.
+        assert not [fd for fd in held if inheritable(int(fd))]
         def body() -> None:
             with contextlib.suppress(OSError):
                 os.open("/nonexistent/lanner-loader", os.O_RDONLY)

@@ -70,6 +70,8 @@ def load(text: str, cflags: list[str], headers: str | None) -> Loaded:
             request = json.dumps({"text": text, "cflags": cflags}).encode()
             ours.sendall(_LENGTH.pack(len(request)) + request)
             reply, fds, _flags, _addr = socket.recv_fds(ours, 1 << 16, _MAX_FDS)
+            for fd in fds:  # received fds are inheritable: an exec (a restart) must not keep
+                os.set_inheritable(fd, False)  # the old program attached
             while chunk := ours.recv(1 << 16):
                 reply += chunk
             _stdout, stderr = child.communicate(timeout=_TIMEOUT_S)
