@@ -1,4 +1,5 @@
-"""The hub's gRPC side: ``lanner.v1.Hub`` (Publish, Subscribe) and the standard health service.
+"""The hub's gRPC side: ``lanner.v1.Hub`` (Publish, Subscribe, LocalRules) and the standard
+health service.
 
 Publish is a bidirectional stream of batches. Each batch is validated alert by alert (invalid
 ones are reported in the ack, the rest go on), handed to ``accept`` (which stores them durably
@@ -7,6 +8,9 @@ inside ``accept`` at once (so a group-committing store merges them into one tran
 acks go out strictly in the order the batches arrived, each only once its batch and every
 earlier one are durably accepted. A sender that resends a batch after a reconnect gets its
 alerts counted as duplicates.
+
+LocalRules answers with the version of the hub's local rules file (the exceptions saved in the
+UI, shared by replicas) and, when the caller's ``known_version`` differs, the file itself.
 
 Optional mutual TLS (``GrpcTls`` with ``cacertfile``) and an optional bearer token
 (``authorization: Bearer <token>`` metadata on every RPC except the health checks).
@@ -29,6 +33,7 @@ from sidekick.alert import Alert, AlertError, Priority
 from sidekick.broadcast import Broadcaster
 from sidekick.proto import lanner_pb2, lanner_pb2_grpc
 from sidekick.proto.convert import alert_from_proto, alert_to_proto
+from sidekick.store.base import LocalRulesDoc
 
 log = logging.getLogger("lanner.grpc")
 
@@ -54,6 +59,8 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 Accept = Callable[[list[Alert]], Awaitable[list[bool]]]
+# The hub's local rules file as detectors get it (version 0: none saved, a header-only file).
+LocalRulesSource = Callable[[], Awaitable[LocalRulesDoc]]
 
 _UNAUTHENTICATED_MESSAGE = "missing or wrong bearer token (metadata authorization: Bearer <token>)"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -200,12 +207,14 @@ class HubService(lanner_pb2_grpc.HubServicer):
     """
 
     def __init__(
-        self, accept: Accept, broadcaster: Broadcaster, max_in_flight: int = MAX_IN_FLIGHT
+        self, accept: Accept, broadcaster: Broadcaster, max_in_flight: int = MAX_IN_FLIGHT,
+        local_rules: LocalRulesSource | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._accept = accept
         self._broadcaster = broadcaster
+        self._local_rules = local_rules
         self._max_in_flight = max_in_flight
         # Accepts still running. Once started, an accept runs to completion even if its stream
         # ends first (client gone, an earlier batch failed, server stopping): cancelling it
@@ -343,6 +352,23 @@ class HubService(lanner_pb2_grpc.HubServicer):
                         feed.dropped,
                     )
 
+    async def LocalRules(
+        self, request: lanner_pb2.LocalRulesRequest, context: grpc.aio.ServicerContext
+    ) -> lanner_pb2.LocalRulesReply:
+        if self._local_rules is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this hub keeps no local rules")
+        try:
+            doc = await self._local_rules()
+        except Exception as exc:
+            log.warning("LocalRules from %s: could not read the store: %r", context.peer(), exc)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the hub could not read its local rules; ask again"
+            )
+        changed = doc.version != request.known_version
+        return lanner_pb2.LocalRulesReply(
+            version=doc.version, changed=changed, yaml=doc.text if changed else ""
+        )
+
 
 # -- server ---------------------------------------------------------------------------------
 
@@ -362,17 +388,20 @@ async def start_grpc_server(
     port: int,
     tls: GrpcTls | None = None,
     token: str | None = None,
+    local_rules: LocalRulesSource | None = None,
 ) -> grpc.aio.Server:
     """Build, bind and start the server; the caller stops it (``await server.stop(grace)``).
 
     ``accept(alerts) -> [was_new, ...]`` must store the alerts durably before returning, and
     offer the new ones to ``broadcaster`` (the server does not, so HTTP and gRPC ingest share
-    one path); every alert it gets is valid and has a uuid. ``broadcaster`` feeds Subscribe.
+    one path); every alert it gets is valid and has a uuid. ``broadcaster`` feeds Subscribe,
+    ``local_rules`` LocalRules (UNIMPLEMENTED without it).
     Raises GrpcSetupError for unreadable cert files or a port that cannot be bound.
     """
     interceptors = [TokenAuth(token)] if token else []
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
-    lanner_pb2_grpc.add_HubServicer_to_server(HubService(accept, broadcaster), server)
+    service = HubService(accept, broadcaster, local_rules=local_rules)
+    lanner_pb2_grpc.add_HubServicer_to_server(service, server)
 
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -17,6 +17,7 @@ from sidekick.broadcast import Broadcaster
 from sidekick.config import HubConfig
 from sidekick.delivery import OutputWorkers
 from sidekick.grpc_server import GrpcTls, start_grpc_server
+from sidekick.local_rules import LocalRules, local_rules_path
 from sidekick.metrics import Metrics
 from sidekick.routing import enrich, route
 from sidekick.store import make_store
@@ -40,6 +41,8 @@ class Hub:
             redis_url=config.redis.url.get_secret_value(),
             replica=config.replica,
         )
+        # The exceptions saved in the UI: in the store, copied to a file, served over gRPC.
+        self.local_rules = LocalRules(self.store, local_rules_path(config))
         self.metrics = Metrics()
         self.broadcaster = Broadcaster()
         self.outputs: dict[str, Output] = {
@@ -59,6 +62,7 @@ class Hub:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.local_rules.start()
         for output in self.outputs.values():
             await output.start()
             workers = OutputWorkers(output, self.store, self.metrics, self.config.delivery)
@@ -79,6 +83,7 @@ class Hub:
                 self.config.grpcport,
                 self._grpc_tls(),
                 self.config.grpc.token.get_secret_value() or None,
+                local_rules=self.local_rules.current,
             )
         log.info(
             "hub started: store=%s outputs=%s", self.config.store, ",".join(self.outputs) or "none"

@@ -1,9 +1,7 @@
 """False positive -> Falco exception: the ``exceptions:`` that stop a rule firing on events like
 one the operator chose, on the fields they chose; how many stored events it would have
-silenced; and the hub's local rules file that collects them for the detector to load after the
-rules they extend::
-
-    lanner detect --rules rules/lanner_rules.yaml <datadir>/lanner_local_rules.yaml
+silenced; and saving it to the hub's local rules (``sidekick.local_rules``: kept in the store,
+shared by replicas, served to detectors over gRPC and copied to a file).
 
 Falco builds an exception's condition text from its values verbatim, wrapping only a value
 with a space in quotes and escaping nothing. So every value is written here as condition text
@@ -13,29 +11,19 @@ value already starting with a quote is left alone by Falco).
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from fastapi import FastAPI, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from sidekick.alert import Alert
 from sidekick.apiutil import FIELD_NAME, BadRequest, JSONBytes, Reader, Writer, error, split_list
-from sidekick.config import HubConfig
 from sidekick.hub import Hub
+from sidekick.local_rules import FILE_NAME, LocalRulesError, dump
 from sidekick.store.base import EventQuery, field_text
 
-FILE_NAME = "lanner_local_rules.yaml"
-HEADER = """\
-# Exceptions made in the Lanner UI (false positives). Load this file after the rules it
-# extends, e.g.: lanner detect --rules rules/lanner_rules.yaml {path}
-# Check it with: lanner rules validate rules/lanner_rules.yaml {path}
-"""
 _BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_/@%+.:~-]*")
 _FIELD_LIKE = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*(?:\.[a-zA-Z][a-zA-Z0-9_]*)+")
 _WORDS = {"and", "or", "not", "in", "intersects", "pmatch", "exists", "contains", "icontains",
@@ -45,10 +33,6 @@ _WORDS = {"and", "or", "not", "in", "intersects", "pmatch", "exists", "contains"
 _WHOLE_STORE_BUCKET_S = 100 * 365 * 86400
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b",
             "\f": "\\f"}
-
-
-class LocalRulesError(Exception):
-    """The local rules file cannot be read or written; the message names it."""
 
 
 def condition_value(value: Any, name: str) -> str:
@@ -104,85 +88,15 @@ def exception_for(alert: Alert, fields: list[str]) -> tuple[dict[str, Any], Even
     return item, EventQuery(rules=[alert.rule], fields=wanted)
 
 
-def dump(items: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump(items, sort_keys=False, default_flow_style=None, width=4096,
-                          allow_unicode=True)
-
-
-def merge(items: list[Any], new: dict[str, Any]) -> bool:
-    """Add ``new``'s exception to ``items``: its values to the same rule's exception of the same
-    name, else as an item of its own. False if that row was there already."""
-    [exception] = new["exceptions"]
-    for item in items:
-        if not isinstance(item, dict) or item.get("rule") != new["rule"]:
-            continue
-        for existing in item.get("exceptions") or []:
-            if isinstance(existing, dict) and existing.get("name") == exception["name"]:
-                values = existing.setdefault("values", [])
-                if exception["values"][0] in values:
-                    return False
-                values.append(exception["values"][0])
-                return True
-    items.append(new)
-    return True
-
-
-class LocalRules:
-    """The hub's local rules file; one writer at a time, replaced atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = asyncio.Lock()
-
-    def read(self) -> list[Any]:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LocalRulesError(f"{self.path}: cannot read: {exc}") from None
-        try:
-            items = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise LocalRulesError(f"{self.path}: not valid YAML; fix or remove it") from None
-        if items is None:
-            return []
-        if not isinstance(items, list):
-            raise LocalRulesError(f"{self.path}: not a list of rules items; fix or remove it")
-        return items
-
-    async def add(self, item: dict[str, Any]) -> bool:
-        async with self._lock:
-            items = self.read()
-            added = merge(items, item)
-            if added:
-                self._write(items)
-            return added
-
-    def _write(self, items: list[Any]) -> None:
-        text = HEADER.format(path=self.path) + dump(items)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise LocalRulesError(f"{self.path}: cannot write: {exc.strerror}") from None
-
-
 class ExceptionRequest(BaseModel):
     uuid: str = Field(max_length=128, description="the false positive event")
     fields: list[str] = Field(min_length=1, max_length=16,
                               description="the output fields whose values make it benign")
 
 
-def local_rules_path(config: HubConfig) -> Path:
-    return Path(config.ui.rulesfile or Path(config.datadir) / FILE_NAME)
-
-
 def add_exception_routes(app: FastAPI, hub: Hub) -> None:
     config = hub.config
-    local = LocalRules(local_rules_path(config))
+    local = hub.local_rules
 
     async def build(uuid: str, fields: list[str]) -> tuple[dict[str, Any], int]:
         alert = await hub.store.get_event(uuid)
@@ -212,26 +126,26 @@ def add_exception_routes(app: FastAPI, hub: Hub) -> None:
                           "file": str(local.path)})
 
     @app.post("/api/v1/exceptions", dependencies=[Writer],
-              summary="Save the exception to the hub's local rules file")
+              summary="Save the exception to the hub's local rules (shared by replicas)")
     async def save(request: ExceptionRequest) -> Response:
         item, silenced = await build(request.uuid, request.fields)
         try:
             added = await local.add(item)
-            text = local.path.read_text(encoding="utf-8")
-        except (LocalRulesError, OSError) as exc:
+        except LocalRulesError as exc:
             return error(409, str(exc), "file")
-        return JSONBytes({"file": str(local.path), "added": added, "silenced": silenced,
-                          "yaml": text})
+        doc = await local.current()
+        body: dict[str, Any] = {"file": str(local.path), "added": added, "silenced": silenced,
+                                "yaml": doc.text, "version": doc.version}
+        if local.file_error is not None:  # saved all the same: the copy in the file lags
+            body["file_error"] = local.file_error
+        return JSONBytes(body)
 
     @app.get("/api/v1/exceptions/file", dependencies=[Reader],
              summary="The hub's local rules file")
     async def local_file() -> Response:
-        try:
-            text = local.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        doc = await local.current()
+        if not doc.version:
             return error(404, "no exception saved yet", "file")
-        except (OSError, UnicodeDecodeError) as exc:
-            return error(409, f"{local.path}: cannot read: {exc}", "file")
-        return Response(text, media_type="application/yaml", headers={
+        return Response(doc.text, media_type="application/yaml", headers={
             "content-disposition": f'attachment; filename="{FILE_NAME}"'})
 

@@ -235,7 +235,7 @@ class Supervisor:
             return []
         from detector.cli import DEFAULT_RULES
         from sidekick.config import load_config
-        from sidekick.rule_exceptions import HEADER, local_rules_path
+        from sidekick.local_rules import HEADER, local_rules_path
 
         a = self.args
         config = load_config(Path(a.config_file) if a.config_file else None,

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from sidekick.store.base import Store
 from tests.receiver import Receiver
 from tests.support import RedisServer
 
@@ -26,3 +28,28 @@ def receiver() -> Iterator[Receiver]:
     """A recording HTTP receiver (tests/receiver.py); a test module may define its own."""
     with Receiver() as rx:
         yield rx
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Store]:
+    """A store over the same data each call (the same SQLite file, the same Redis server), as a
+    hub restarting or another replica sees it; the argument names the replica (Redis)."""
+    if request.param == "sqlite":
+        from sidekick.store.sqlite import SqliteStore
+
+        return lambda replica="a": SqliteStore(tmp_path / "data" / "lanner.db")
+    redis_url = request.getfixturevalue("redis_url")
+    from sidekick.store.redis import RedisStore
+
+    return lambda replica="a": RedisStore(redis_url, consumer=replica)
+
+
+@pytest.fixture
+async def store(store_factory: Callable[..., Store]) -> AsyncIterator[Store]:
+    """An open store of replica "a", on each backend."""
+    s = store_factory()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()

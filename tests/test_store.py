@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -17,30 +17,6 @@ from sidekick.store.base import EventQuery, QueueStats, Store
 S = 1_000_000_000
 BASE = 1_700_000_000 * S  # not a multiple of 60 s, so bucket alignment is exercised
 WINDOW = 600.0
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_factory(request: pytest.FixtureRequest, tmp_path) -> Callable[[], Store]:
-    """Builds a store over the same data each call (same file / same Redis server)."""
-    if request.param == "sqlite":
-        from sidekick.store.sqlite import SqliteStore
-
-        path = tmp_path / "data" / "lanner.db"
-        return lambda: SqliteStore(path)
-    redis_url = request.getfixturevalue("redis_url")
-    from sidekick.store.redis import RedisStore
-
-    return lambda: RedisStore(redis_url, consumer="test-a")
-
-
-@pytest.fixture
-async def store(store_factory: Callable[[], Store]) -> AsyncIterator[Store]:
-    s = store_factory()
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def make_alert(
@@ -570,7 +546,7 @@ async def test_retention_by_count_keeps_the_newest(store: Store) -> None:
     assert await store.enforce_retention(3600, 5) == 0
 
 
-async def test_persistence_across_reopen(store_factory: Callable[[], Store]) -> None:
+async def test_persistence_across_reopen(store_factory: Callable[..., Store]) -> None:
     first = store_factory()
     await first.open()
     try:

@@ -12,7 +12,9 @@ import yaml
 
 from detector.engine.engine import Engine
 from sidekick.alert import Alert, Priority
-from sidekick.rule_exceptions import LocalRules, condition_value, dump, exception_for
+from sidekick.local_rules import LocalRules
+from sidekick.rule_exceptions import condition_value, dump, exception_for
+from sidekick.store.sqlite import SqliteStore
 from tests.hubproc import HubProcess
 from tests.ui_support import (
     RULES,
@@ -88,7 +90,17 @@ def test_values_read_cleanly() -> None:
 
 
 async def test_saving_merges_into_one_item_per_rule_and_fields(tmp_path: Path) -> None:
-    local = LocalRules(tmp_path / "rules" / "local.yaml")
+    store = SqliteStore(tmp_path / "db" / "lanner.db")
+    await store.open()
+    try:
+        await merges_into_one_item_per_rule_and_fields(store, tmp_path)
+    finally:
+        await store.close()
+
+
+async def merges_into_one_item_per_rule_and_fields(store: SqliteStore, tmp_path: Path) -> None:
+    local = LocalRules(store, tmp_path / "rules" / "local.yaml")
+    await local.start()
     one = exception_for(alert("proc.name", "bash"), ["proc.name"])[0]
     two = exception_for(alert("proc.name", "sh"), ["proc.name"])[0]
     sh_tty = Alert(rule="Tricky", priority=Priority.WARNING, time_ns=1,
@@ -98,6 +110,9 @@ async def test_saving_merges_into_one_item_per_rule_and_fields(tmp_path: Path) -
     assert not await local.add(one)  # already there
     text = local.path.read_text()
     assert text.startswith("# Exceptions made in the Lanner UI")
+    assert await store.local_rules() == (await local.current()) and text == (
+        await store.local_rules()).text
+    assert (await store.local_rules()).version == 3  # three saves; the repeat changed nothing
     items = yaml.safe_load(text)
     assert items == [{
         "rule": "Tricky",
@@ -111,9 +126,20 @@ async def test_saving_merges_into_one_item_per_rule_and_fields(tmp_path: Path) -
                         "comps": ["=", "="], "values": [["sh", "3"]]}],
         "override": {"exceptions": "append"},
     }]
-    (tmp_path / "broken.yaml").write_text("rule: [")
-    with pytest.raises(Exception, match="not valid YAML"):
-        await LocalRules(tmp_path / "broken.yaml").add(one)
+    # A file from before the store kept it, broken: neither imported nor overwritten, and no
+    # save goes through until it is fixed (its exceptions would be lost otherwise).
+    other_store = SqliteStore(tmp_path / "db2" / "lanner.db")
+    await other_store.open()
+    try:
+        (tmp_path / "broken.yaml").write_text("rule: [")
+        broken = LocalRules(other_store, tmp_path / "broken.yaml")
+        await broken.start()
+        with pytest.raises(Exception, match="not valid YAML"):
+            await broken.add(one)
+        assert (tmp_path / "broken.yaml").read_text() == "rule: ["
+        assert (await other_store.local_rules()).version == 0
+    finally:
+        await other_store.close()
 
 
 def test_false_positive_to_exception_through_the_api(tmp_path: Path) -> None:

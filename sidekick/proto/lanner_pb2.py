@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsidekick/proto/lanner.proto\x12\tlanner.v1\"\x9f\x01\n\x05\x41lert\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x0c\n\x04time\x18\x05 \x01(\t\x12\x1a\n\x12output_fields_json\x18\x06 \x01(\x0c\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\x10\n\x08hostname\x18\t \x01(\t\"D\n\x0ePublishRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12 \n\x06\x61lerts\x18\x02 \x03(\x0b\x32\x10.lanner.v1.Alert\":\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"l\n\nPublishAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12&\n\x08rejected\x18\x04 \x03(\x0b\x32\x14.lanner.v1.Rejection\"(\n\x10SubscribeRequest\x12\x14\n\x0cmin_priority\x18\x01 \x01(\t2\x84\x01\n\x03Hub\x12?\n\x07Publish\x12\x19.lanner.v1.PublishRequest\x1a\x15.lanner.v1.PublishAck(\x01\x30\x01\x12<\n\tSubscribe\x12\x1b.lanner.v1.SubscribeRequest\x1a\x10.lanner.v1.Alert0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsidekick/proto/lanner.proto\x12\tlanner.v1\"\x9f\x01\n\x05\x41lert\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x0c\n\x04time\x18\x05 \x01(\t\x12\x1a\n\x12output_fields_json\x18\x06 \x01(\x0c\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\x10\n\x08hostname\x18\t \x01(\t\"D\n\x0ePublishRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12 \n\x06\x61lerts\x18\x02 \x03(\x0b\x32\x10.lanner.v1.Alert\":\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"l\n\nPublishAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12&\n\x08rejected\x18\x04 \x03(\x0b\x32\x14.lanner.v1.Rejection\"(\n\x10SubscribeRequest\x12\x14\n\x0cmin_priority\x18\x01 \x01(\t\"*\n\x11LocalRulesRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\"A\n\x0fLocalRulesReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12\x0c\n\x04yaml\x18\x03 \x01(\t2\xcc\x01\n\x03Hub\x12?\n\x07Publish\x12\x19.lanner.v1.PublishRequest\x1a\x15.lanner.v1.PublishAck(\x01\x30\x01\x12<\n\tSubscribe\x12\x1b.lanner.v1.SubscribeRequest\x1a\x10.lanner.v1.Alert0\x01\x12\x46\n\nLocalRules\x12\x1c.lanner.v1.LocalRulesRequest\x1a\x1a.lanner.v1.LocalRulesReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHACK']._serialized_end=442
   _globals['_SUBSCRIBEREQUEST']._serialized_start=444
   _globals['_SUBSCRIBEREQUEST']._serialized_end=484
-  _globals['_HUB']._serialized_start=487
-  _globals['_HUB']._serialized_end=619
+  _globals['_LOCALRULESREQUEST']._serialized_start=486
+  _globals['_LOCALRULESREQUEST']._serialized_end=528
+  _globals['_LOCALRULESREPLY']._serialized_start=530
+  _globals['_LOCALRULESREPLY']._serialized_end=595
+  _globals['_HUB']._serialized_start=598
+  _globals['_HUB']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

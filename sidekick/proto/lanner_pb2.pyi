@@ -63,3 +63,19 @@ class SubscribeRequest(_message.Message):
     MIN_PRIORITY_FIELD_NUMBER: _ClassVar[int]
     min_priority: str
     def __init__(self, min_priority: _Optional[str] = ...) -> None: ...
+
+class LocalRulesRequest(_message.Message):
+    __slots__ = ("known_version",)
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    known_version: int
+    def __init__(self, known_version: _Optional[int] = ...) -> None: ...
+
+class LocalRulesReply(_message.Message):
+    __slots__ = ("version", "changed", "yaml")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    YAML_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    changed: bool
+    yaml: str
+    def __init__(self, version: _Optional[int] = ..., changed: _Optional[bool] = ..., yaml: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class HubStub:
-    """The hub: alert ingest (Publish) and the live feed (Subscribe).
+    """The hub: alert ingest (Publish), the live feed (Subscribe), and the exceptions saved in its UI
+    for the detectors (LocalRules).
     """
 
     def __init__(self, channel):
@@ -45,10 +46,16 @@ class HubStub:
                 request_serializer=sidekick_dot_proto_dot_lanner__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=sidekick_dot_proto_dot_lanner__pb2.Alert.FromString,
                 _registered_method=True)
+        self.LocalRules = channel.unary_unary(
+                '/lanner.v1.Hub/LocalRules',
+                request_serializer=sidekick_dot_proto_dot_lanner__pb2.LocalRulesRequest.SerializeToString,
+                response_deserializer=sidekick_dot_proto_dot_lanner__pb2.LocalRulesReply.FromString,
+                _registered_method=True)
 
 
 class HubServicer:
-    """The hub: alert ingest (Publish) and the live feed (Subscribe).
+    """The hub: alert ingest (Publish), the live feed (Subscribe), and the exceptions saved in its UI
+    for the detectors (LocalRules).
     """
 
     def Publish(self, request_iterator, context):
@@ -68,6 +75,14 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LocalRules(self, request, context):
+        """The hub's local rules file: the exceptions operators saved in the UI, which detectors load
+        after their own rules. Detectors ask every few seconds with the version they have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +96,11 @@ def add_HubServicer_to_server(servicer, server):
                     request_deserializer=sidekick_dot_proto_dot_lanner__pb2.SubscribeRequest.FromString,
                     response_serializer=sidekick_dot_proto_dot_lanner__pb2.Alert.SerializeToString,
             ),
+            'LocalRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.LocalRules,
+                    request_deserializer=sidekick_dot_proto_dot_lanner__pb2.LocalRulesRequest.FromString,
+                    response_serializer=sidekick_dot_proto_dot_lanner__pb2.LocalRulesReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'lanner.v1.Hub', rpc_method_handlers)
@@ -90,7 +110,8 @@ def add_HubServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Hub:
-    """The hub: alert ingest (Publish) and the live feed (Subscribe).
+    """The hub: alert ingest (Publish), the live feed (Subscribe), and the exceptions saved in its UI
+    for the detectors (LocalRules).
     """
 
     @staticmethod
@@ -137,6 +158,33 @@ class Hub:
             '/lanner.v1.Hub/Subscribe',
             sidekick_dot_proto_dot_lanner__pb2.SubscribeRequest.SerializeToString,
             sidekick_dot_proto_dot_lanner__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LocalRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lanner.v1.Hub/LocalRules',
+            sidekick_dot_proto_dot_lanner__pb2.LocalRulesRequest.SerializeToString,
+            sidekick_dot_proto_dot_lanner__pb2.LocalRulesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -108,6 +108,14 @@ DELIVERY_STATES = ("delivered", "retrying", "dead", "redriven", "aggregated")
 AGGREGATED = "counted in an open aggregation window: its summary goes out when the window ends"
 
 
+@dataclass(frozen=True, slots=True)
+class LocalRulesDoc:
+    """The hub's local rules file (the exceptions saved in the UI), as the store keeps it."""
+
+    version: int  # grows by one with each save; 0 when none was ever saved
+    text: str  # a whole rules file; "" at version 0
+
+
 @dataclass(slots=True)
 class EventPage:
     events: list[Alert]
@@ -339,6 +347,17 @@ class Store(abc.ABC):
         them as they happen: counted into an aggregation window, each failed attempt, dead
         letter, re-drive and the delivery itself; a summary's steps go to the event that
         opened its window."""
+
+    # --- the local rules file -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def local_rules(self) -> LocalRulesDoc:
+        """The local rules file as last saved (by any replica)."""
+
+    @abc.abstractmethod
+    async def save_local_rules(self, expected_version: int, text: str) -> bool:
+        """Compare-and-set: store ``text`` as version ``expected_version + 1`` if the current
+        version is ``expected_version``; False (nothing changed) if another save came first."""
 
     async def matching_uuids(self, query: EventQuery, limit: int) -> list[str]:
         """Up to ``limit`` uuids of the events matching ``query``, newest first."""

@@ -20,6 +20,7 @@ Key layout (prefix ``lanner:`` by default):
 - ``ixkeys``           SET of the index keys, for stats over a time range without a scan
 - ``agg:*``, ``aggcur:*``, ``aggdue``  aggregation windows (``redis_aggregate``)
 - ``tri``, ``trilog:*``, ``ix:g:*``, ``dlog:*``  triage and delivery records (``redis_records``)
+- ``localrules``       HASH ``v`` (version), ``text``: the local rules file (UI exceptions)
 - ``live``             pub/sub channel: accepted alerts, for the other replicas' live feeds
 """
 
@@ -43,6 +44,7 @@ from sidekick.store.base import (
     DeadLetter,
     Delivery,
     Ingested,
+    LocalRulesDoc,
     QueueStats,
     Store,
 )
@@ -80,6 +82,7 @@ class RedisStore(RedisReads, Store):
         self._accept, self._retention = reg(lua.ACCEPT), reg(lua.RETENTION)
         self._move_due, self._take = reg(lua.MOVE_DUE), reg(lua.TAKE)
         self._prune_ixkeys = reg(lua.PRUNE_IXKEYS)
+        self._save_rules = reg(lua.SAVE_LOCAL_RULES)
         self._complete = reg(lua.COMPLETE)
         self._retry, self._bury, self._redrive = reg(lua.RETRY), reg(lua.BURY), reg(lua.REDRIVE)
         self._windows = RedisWindows(self._r, self.p)
@@ -329,6 +332,17 @@ class RedisStore(RedisReads, Store):
             ages += [int(readded[0].split(":", 1)[0])] if readded else []
             result[output] = QueueStats(length + retrying, min(ages, default=None), dead)
         return result
+
+    # --- the local rules file -----------------------------------------------------------------
+
+    async def local_rules(self) -> LocalRulesDoc:
+        version, text = await self.r.hmget(f"{self.p}localrules", ["v", "text"])
+        return LocalRulesDoc(int(version or 0), text or "")
+
+    async def save_local_rules(self, expected_version: int, text: str) -> bool:
+        saved = await self._save_rules(keys=[f"{self.p}localrules"],
+                                       args=[str(int(expected_version)), text])
+        return bool(saved)
 
     # --- recent events ----------------------------------------------------------------------
 

@@ -298,3 +298,12 @@ for _, id in ipairs(ids) do
 end
 return n
 """
+
+# KEYS: local rules hash (v: version, text). ARGV: expected version (decimal), text.
+# Compare-and-set: 1 if saved as the next version, 0 if another save came first.
+SAVE_LOCAL_RULES = """
+if (redis.call('HGET', KEYS[1], 'v') or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'text', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return 1
+"""

@@ -29,11 +29,13 @@ import orjson
 from sidekick.aggregation import Aggregation
 from sidekick.alert import Alert
 from sidekick.store import sqlite_aggregate as windows
+from sidekick.store import sqlite_rules as rules_sql
 from sidekick.store import sqlite_schema as sql
 from sidekick.store import sqlite_triage as records_sql
 from sidekick.store.base import (
     AGGREGATED,
     Ingested,
+    LocalRulesDoc,
     Store,
     search_text,
 )
@@ -141,6 +143,7 @@ class SqliteStore(SqliteReads, SqliteQueue, Store):
             conn.executescript(sql.SCHEMA)
             conn.executescript(windows.SCHEMA)
             conn.executescript(records_sql.SCHEMA)
+            conn.executescript(rules_sql.SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
             if "leased_until" not in columns:  # a database from before leased_until
                 conn.execute("ALTER TABLE deliveries ADD COLUMN leased_until INTEGER")
@@ -327,6 +330,18 @@ class SqliteStore(SqliteReads, SqliteQueue, Store):
         for name in queued:
             self._wake(name)
         return closed, queued
+
+    # --- the local rules file -----------------------------------------------------------------
+
+    async def local_rules(self) -> LocalRulesDoc:
+        return await self._read(rules_sql.read)
+
+    async def save_local_rules(self, expected_version: int, text: str) -> bool:
+        def run() -> bool:
+            with self._txn() as conn:
+                return rules_sql.save(conn, expected_version, text)
+
+        return await self._run(run)
 
     # --- recent events ----------------------------------------------------------------------
 
