@@ -101,6 +101,11 @@ def detect_parser() -> argparse.ArgumentParser:
     p.add_argument("--spill-file", metavar="PATH",
                    help="grpc:// outputs: where alerts beyond --publish-buffer wait for the "
                         "hub, on disk, instead of being dropped (survives a restart)")
+    p.add_argument("--hub-rules", type=Path, metavar="PATH",
+                   help="keep PATH equal to the hub's local rules file (the exceptions saved in "
+                        "its UI) and load it after the other rules: asked every few seconds of "
+                        "the first grpc:// output's hub, with its --hub-* flags and token; "
+                        "PATH's directory must be writable")
     p.add_argument("--format", choices=FORMATS, default="json",
                    help="json: Falco's json_output lines (default); text: Falco's text lines")
     p.add_argument("--source", default="auto", metavar="SOURCE",
@@ -166,16 +171,34 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
     audit = cli_k8saudit.wanted(args)
     rules = args.rules or [DEFAULT_RULES, *([DEFAULT_AUDIT_RULES] if audit else [])]
     hosts = DnsCache()
+    hub_rules = None
+    if args.hub_rules:
+        from detector.engine.loader import load_rules as read_rules
+        from detector.hub_rules import open_hub_rules, without_hub_rules
 
-    def load_rules() -> Engine:
-        return Engine.from_files(rules, rule_matching=args.rule_matching, hosts=hosts,
+        try:
+            known = frozenset(rule.name for rule in read_rules(rules)[0].rules)
+        except RuleError:
+            known = frozenset()  # loading the rules below says what is wrong
+        try:  # asks the hub once already: a detector that reaches it starts with its exceptions
+            hub_rules = open_hub_rules(args.hub_rules, args.output or [], _hub_link(args).tls,
+                                       known)
+        except ValueError as exc:  # HubRulesError, SinkError
+            err(f"lanner detect: {exc}")
+            return EXIT_ERROR
+        rules = [*rules, args.hub_rules]
+
+    def load_rules(paths: list[Path] = rules) -> Engine:
+        return Engine.from_files(paths, rule_matching=args.rule_matching, hosts=hosts,
                                  min_priority=args.min_priority)[0]
 
     try:
         engine = load_rules()
     except RuleError as exc:
-        err(f"lanner detect: the rules cannot be loaded: {exc}")
-        return EXIT_ERROR
+        engine = without_hub_rules(load_rules, rules, exc) if hub_rules else None
+        if engine is None:
+            err(f"lanner detect: the rules cannot be loaded: {exc}")
+            return EXIT_ERROR
     sinks = []
     try:
         for spec in args.output or ["stdout"]:
@@ -208,6 +231,8 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
 
     def apply_rules(new: Engine) -> None:
         nonlocal restart
+        if hub_rules is not None:  # its exceptions for rules loaded only now are wanted too
+            hub_rules.set_known_rules(frozenset(rule.name for rule in new.rules))
         reason = restart_reason(source, required_event_types(new.event_types), new.active)
         if reason is None:
             detector.replace_engine(new)
@@ -219,6 +244,8 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
 
     watcher = RulesWatcher(rules, load_rules, apply_rules,
                            interval=CHECK_EVERY_S if args.watch_rules else None)
+    if hub_rules is not None:
+        hub_rules.start()  # after the watcher: it sees every later change of the file
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: detector.stop())
     signal.signal(signal.SIGHUP, lambda *_: watcher.reload())
@@ -244,6 +271,8 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
         metrics, status = detector.metrics, EXIT_FAILED
     finally:
         watcher.close()
+        if hub_rules is not None:
+            hub_rules.close()
         if webhook is not None:
             webhook.close()
         source.close()

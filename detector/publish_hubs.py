@@ -118,10 +118,25 @@ class Hubs:
                 out.append(Target(address, f"{label} ({address})", host))
         return out
 
+    def resolve_blocking(self, failed: Callable[[str, str], None]) -> list[Target]:
+        """``resolve`` for a thread with no event loop of its own (blocks while resolving)."""
+        return asyncio.run(self.resolve(failed))
+
+    def _options(self, target: Target) -> list[tuple[str, int | str]]:
+        options = list(CHANNEL_OPTIONS)
+        if self._credentials is not None and target.tls_name:
+            options.append(("grpc.ssl_target_name_override", target.tls_name))
+        return options
+
     def channel(self, target: Target) -> grpc.aio.Channel:
         if self._credentials is None:
             return grpc.aio.insecure_channel(target.address, options=CHANNEL_OPTIONS)
-        options = list(CHANNEL_OPTIONS)
-        if target.tls_name:
-            options.append(("grpc.ssl_target_name_override", target.tls_name))
-        return grpc.aio.secure_channel(target.address, self._credentials, options=options)
+        return grpc.aio.secure_channel(target.address, self._credentials,
+                                       options=self._options(target))
+
+    def blocking_channel(self, target: Target) -> grpc.Channel:
+        """A synchronous channel, for occasional unary calls from a thread of their own."""
+        if self._credentials is None:
+            return grpc.insecure_channel(target.address, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(target.address, self._credentials,
+                                   options=self._options(target))

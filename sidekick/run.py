@@ -222,31 +222,19 @@ class Supervisor:
                 "minute)")
             self.detector = Child(
                 "detector",
-                [sys.executable, "-m", "sidekick.cli", "detect", *self._detector_rules(),
+                [sys.executable, "-m", "sidekick.cli", "detect", *self._hub_rules(),
                  "--output", f"grpc://{self.host}:{a.grpcport}", *self.detect_args],
                 on_line=self.watch.feed)
         say("lanner run: Ctrl-C stops everything")
         return self._supervise()
 
-    def _detector_rules(self) -> list[str]:
-        """The default rules, then the exceptions saved in the UI (the hub's local rules file,
-        which the detector reloads when it changes); none when the arguments name rules."""
-        if any(arg == "--rules" or arg.startswith("--rules=") for arg in self.detect_args):
-            return []
-        from detector.cli import DEFAULT_RULES
-        from sidekick.config import load_config
-        from sidekick.local_rules import HEADER, local_rules_path
-
-        a = self.args
-        config = load_config(Path(a.config_file) if a.config_file else None,
-                             overrides={"datadir": a.datadir})
-        local = local_rules_path(config)
-        if not local.exists():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_text(HEADER.format(path=local), encoding="utf-8")
-        say(f"lanner run: exceptions saved in the UI go to {local}; the detector loads them "
-            "as soon as they are saved")
-        return ["--rules", str(DEFAULT_RULES), str(local)]
+    def _hub_rules(self) -> list[str]:
+        """The exceptions saved in the UI, which the detector asks the hub for and applies
+        as soon as they are saved (docs/detector.md)."""
+        path = Path(self.args.datadir) / "detector" / "hub_rules.yaml"
+        say(f"lanner run: exceptions saved in the UI apply at once; the detector keeps them in "
+            f"{path}")
+        return ["--hub-rules", str(path)]
 
     def _hub_said(self, line: str) -> None:
         found = _UI_LINE.search(line)

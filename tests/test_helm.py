@@ -940,11 +940,13 @@ def test_k8saudit_container_runs_as_rendered(helm: Helm, tmp_path: Path) -> None
     m = helm.render("--set", "k8saudit.enabled=true")
     argv = list(container(m.audit, "k8saudit")["args"][1:])
     # Only what cannot work outside the pod changes: the address (a free local port), the hub
-    # (no DNS name here; stdout stays), the metrics port, the rules' paths (local copies).
+    # (no DNS name here; stdout stays) and its exceptions, the metrics port, the rules' paths
+    # (local copies).
     argv[argv.index("--k8s-audit") + 1] = "127.0.0.1:0"
     del argv[argv.index("--metrics"):argv.index("--metrics") + 2]
     grpc = next(i for i, a in enumerate(argv) if a.startswith("grpc://"))
     del argv[grpc - 1:grpc + 1]
+    del argv[argv.index("--hub-rules"):argv.index("--hub-rules") + 2]
     files = _rules_files(m, tmp_path, "k8saudit")
     start = argv.index("--rules") + 1
     argv[start:start + len(files)] = [str(f) for f in files]
@@ -1438,6 +1440,43 @@ def test_detector_spill_file_and_publish_buffer(helm: Helm) -> None:
     assert "/detector/publishBuffer" in error
     error = helm.fails("--set", "detector.spill.hostPath=var/lib/spill")
     assert "/detector/spill/hostPath" in error
+
+
+HUB_RULES = "/var/run/lanner/hub-rules/lanner_local_rules.yaml"
+
+
+def test_hub_exceptions_reach_the_detectors_and_the_webhook(helm: Helm) -> None:
+    """`--hub-rules` keeps the hub's exceptions in a writable emptyDir (the root filesystem
+    stays read-only), in the detectors and the webhook (each keeps those of its own rules)."""
+    m = helm.render("--set", "k8saudit.enabled=true")
+    for workload, name, args in ((m.detector, "detector", _detect_args(m)),
+                                 (m.audit, "k8saudit", _audit_args(m))):
+        assert args.hub_rules == Path(HUB_RULES), name
+        assert args.output[0] == f"grpc://{FULLNAME}-hub-headless.{NAMESPACE}.svc:5060"
+        c = container(workload, name)
+        mounts = {mt["name"]: mt for mt in c["volumeMounts"]}
+        assert mounts["hub-rules"] == {"name": "hub-rules",  # read-write
+                                       "mountPath": os.path.dirname(HUB_RULES)}
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+        assert volumes["hub-rules"] == {"name": "hub-rules", "emptyDir": {}}
+        env = {e["name"] for e in c["env"]}
+        assert "LANNER_HUB_TOKEN" in env  # the publisher's token, which LocalRules wants too
+    setup = container(m.detector, "setup", init=True)
+    assert "hub-rules" not in {mt["name"] for mt in setup["volumeMounts"]}
+    values = (CHART / "values.yaml").read_text()
+    assert "  # -- With `hubOutput`: apply the exceptions saved in the hub's UI" in values
+
+    # Off, or no hub to ask: neither flag nor volume.
+    for off in (["--set", "detector.hubExceptions=false"], ["--set", "detector.hubOutput=false"],
+                ["--set", "hub.enabled=false"]):
+        m = helm.render("--set", "k8saudit.enabled=true", *off)
+        for workload, args in ((m.detector, _detect_args(m)), (m.audit, _audit_args(m))):
+            assert args.hub_rules is None, off
+            assert "hub-rules" not in {v["name"] for v in pod_spec(workload)["volumes"]}, off
+
+    error = helm.fails("--set", "detector.hubExceptions=maybe")
+    assert "/detector/hubExceptions" in error
 
 
 # ---- bad values fail the render with the documented message ------------------------------------

@@ -449,10 +449,12 @@ with the audit rules after Lanner's default rules, or k8saudit.rulesFiles. */ -}
 {{- $detectorOut := deepCopy $det -}}
 {{- $_ := set $detectorOut "rulesArgs" $args -}}
 {{- $_ := set $detectorOut "hubOutput" (and $det.hubOutput $hub.enabled) -}}
+{{- $_ := set $detectorOut "hubExceptions" (and $detectorOut.hubOutput $det.hubExceptions) -}}
 {{- $auditOut := deepCopy $audit -}}
 {{- $_ := set $auditOut "rulesArgs" $auditArgs -}}
 {{- $_ := set $auditOut "image" (mergeOverwrite (deepCopy $V.detector.image) ($audit.image | default dict)) -}}
 {{- $_ := set $auditOut "defaultRulesFile" (has $defaultFile $auditArgs) -}}
 {{- $_ := set $auditOut "auditRulesFile" (has $auditFile $auditArgs) -}}
+{{- $_ := set $auditOut "hubExceptions" $detectorOut.hubExceptions -}}
 {{- toYaml (dict "detector" $detectorOut "hub" $hub "k8saudit" $auditOut "store" $store "customRules" $custom "notes" $notes) -}}
 {{- end -}}
