@@ -9,9 +9,7 @@ import pytest
 from sidekick.aggregation import Aggregation
 from sidekick.alert import Priority, now_ns
 from sidekick.store.base import EventQuery, Store, Triage
-from tests.test_store import BASE, S, accept, make_alert, store, store_factory, uuids
-
-__all__ = ["store", "store_factory"]  # the fixtures, run on SQLite and Redis
+from tests.test_store import BASE, S, accept, make_alert, uuids
 
 WINDOW_NS = S // 2
 
