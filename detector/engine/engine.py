@@ -119,6 +119,12 @@ class Engine:
         by_type, every_type = index
         return by_type.get(event.get("evt.type"), every_type)
 
+    def tests_syscall(self, evt_type: str) -> bool:
+        """Whether a syscall event of this type has any rule to test: process() finds none
+        for the others, which the detector then need not ask."""
+        index = self._syscall
+        return index is not None and bool(index[0].get(evt_type, index[1]).rules)
+
     def process(self, event: Event) -> list[Alert]:
         """The alerts for one event: one per matching rule (only the first with "first")."""
         # _bucket() inlined: this runs for every event.
