@@ -292,7 +292,8 @@ def test_triage_false_positive_becomes_a_tested_exception(
     page.set_viewport_size({"width": VIEWPORT["width"], "height": 1180})  # the whole dialog
     screenshot(page, "triage")
     page.click("#exception-save")
-    expect(page.locator("#exception-saved")).to_have_text(re.compile(r"^Saved in "))
+    expect(page.locator("#exception-saved")).to_have_text(
+        re.compile(r"^Saved in the hub \(version 1\)\. A copy is in /.+\.yaml\.$"))
     rules_file = page.locator("#exception-saved").get_attribute("data-file")
     assert rules_file is not None
     page.click("#triage-submit")

@@ -84,7 +84,8 @@ export class TriageDialog {
     this.saved = h("p", { id: "exception-saved", class: "muted" });
     return h("fieldset", { class: "exception" }, h("legend", { text: "Falco exception" }),
       h("p", { class: "muted", text: "The rule stops firing on events whose ticked fields have " +
-        "these values. Load the rules file after the rules it extends." }),
+        "these values. Detectors that ask the hub for its rules file (lanner detect " +
+        "--hub-rules: the Helm chart, make run) apply it within seconds." }),
       this.yaml, this.silenced, h("div", { class: "buttons" }, this.download, this.save),
       this.saved);
   }
@@ -139,8 +140,10 @@ export class TriageDialog {
     this.save.disabled = true;
     try {
       const result = await post("/api/v1/exceptions", { uuid: this.ev.uuid, fields: this.chosen() });
-      this.saved.textContent = result.added ? `Saved in ${result.file}.`
-        : `Already in ${result.file}.`;
+      const copy = result.file_error ? ` Its copy in ${result.file} could not be written: ` +
+        `${result.file_error}` : ` A copy is in ${result.file}.`;
+      this.saved.textContent = (result.added ? `Saved in the hub (version ${result.version}).`
+        : "Already in the hub's rules file.") + copy;
       this.saved.dataset.file = result.file;
     } catch (err) {
       this.saved.textContent = `Not saved: ${err.message}`;
