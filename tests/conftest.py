@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sidekick.store.base import Store
+from tests.helm_support import Helm, tool
 from tests.receiver import Receiver
 from tests.support import RedisServer
 
@@ -53,3 +55,19 @@ async def store(store_factory: Callable[..., Store]) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("helm-home")
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+@pytest.fixture(scope="session")
+def helm(helm_env: dict[str, str]) -> Helm:
+    return Helm(tool("helm"), helm_env)
