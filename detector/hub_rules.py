@@ -219,8 +219,7 @@ class HubRules:
         if not left_out:
             return text
         header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-        return header + (yaml.safe_dump(kept, sort_keys=False, default_flow_style=None,
-                                        width=4096, allow_unicode=True) if kept else "")
+        return header + (yaml.safe_dump(kept, sort_keys=False) if kept else "")
 
     def _store(self, text: str) -> bool | None:
         """Write ``text`` to PATH: True when written, None when PATH held it already, False

@@ -78,7 +78,8 @@ class RedisConfig(_Section):
 class UiConfig(_Section):
     # Empty: env LANNER_UI_TOKEN, else one generated at first start and kept in the data dir.
     token: SecretStr = SecretStr("")
-    # Where exceptions made in the UI are saved; empty: <datadir>/lanner_local_rules.yaml.
+    # Where the hub copies the exceptions made in the UI (the store keeps them), for a detector
+    # on the same machine; empty: <datadir>/lanner_local_rules.yaml.
     rulesfile: str = ""
 
     @field_validator("token")
